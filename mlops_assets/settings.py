@@ -1,0 +1,151 @@
+"""The one place that reads the environment.
+
+Every other module asks :func:`get_settings` for paths, URIs and profile-dependent choices, so a
+profile switch (``MLOPS_PROFILE``) or a different state directory (``MLOPS_HOME``) is one setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("local", "k8s")
+
+# Settings the k8s profile cannot run without; checked when the definitions load, not at first run.
+K8S_REQUIRED = {
+    "MLOPS_S3_BUCKET": "bucket for DVC data, MLflow artifacts, IO manager and Feast offline store",
+    "MLFLOW_TRACKING_URI": "MLflow tracking server URI",
+    "MLOPS_K8S_NAMESPACE": "namespace for Dagster jobs and the InferenceService",
+    "MLOPS_IMAGE": "container image of this code location and the serving classes",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    home: Path
+    model_name: str = "churn"
+    feature_service: str = "churn_v1"
+    mlflow_tracking_uri_override: str | None = None
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    k8s_namespace: str = "mlops"
+    image: str | None = None
+    service_account: str = "mlops-deployer"
+    redis_connection: str = "redis:6379"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def data_repo(self) -> Path:
+        """Git + DVC workspace holding the dataset's .dvc files; each version is a commit and a tag."""
+        return self.home / "data"
+
+    @property
+    def dvc_remote(self) -> str:
+        if self.profile == "k8s":
+            return f"s3://{self.s3_bucket}/dvc"
+        return str(self.home / "dvc-remote")
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri_override:
+            return self.mlflow_tracking_uri_override
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        if self.profile == "k8s":
+            return f"s3://{self.s3_bucket}/mlflow"
+        return (self.mlflow_dir / "artifacts").as_uri()
+
+    @property
+    def feature_repo(self) -> Path:
+        return PROJECT_ROOT / "feature_repo"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def feast_offline_path(self) -> str:
+        """Parquet file the Feast FileSource reads (the `feature_table` asset writes it)."""
+        if self.profile == "k8s":
+            return f"s3://{self.s3_bucket}/feast/churn_features.parquet"
+        return str(self.feast_dir / "offline" / "churn_features.parquet")
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.home / "serving"
+
+    @property
+    def prediction_log_dir(self) -> Path:
+        return self.serving_dir / "prediction-log"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def io_manager_dir(self) -> Path:
+        return self.home / "io"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.dagster_home, self.logs_dir, self.mlflow_dir, self.feast_dir,
+                     self.serving_dir, self.reports_dir, self.io_manager_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def env_for_subprocess(self) -> dict[str, str]:
+        """Environment that makes a child process (server, daemon) resolve the same settings."""
+        env = dict(os.environ)
+        env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
+                    "DAGSTER_HOME": str(self.dagster_home)})
+        return env
+
+
+def _resolve_home(env: Mapping[str, str]) -> Path:
+    raw = env.get("MLOPS_HOME") or str(PROJECT_ROOT / ".mlops")
+    return Path(raw).expanduser().resolve()
+
+
+def get_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from the environment (or the mapping given, for tests)."""
+    env = os.environ if env is None else env
+    profile = env.get("MLOPS_PROFILE", "local").strip() or "local"
+    if profile not in PROFILES:
+        raise SettingsError(f"MLOPS_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+    if profile == "k8s":
+        missing = [f"{name} ({why})" for name, why in K8S_REQUIRED.items() if not env.get(name)]
+        if missing:
+            raise SettingsError("the k8s profile needs these settings: " + "; ".join(missing))
+    return Settings(
+        profile=profile,
+        home=_resolve_home(env),
+        model_name=env.get("MLOPS_MODEL_NAME", "churn"),
+        mlflow_tracking_uri_override=env.get("MLFLOW_TRACKING_URI") or None,
+        s3_bucket=env.get("MLOPS_S3_BUCKET") or None,
+        s3_endpoint_url=env.get("MLOPS_S3_ENDPOINT_URL") or None,
+        k8s_namespace=env.get("MLOPS_K8S_NAMESPACE", "mlops"),
+        image=env.get("MLOPS_IMAGE") or None,
+        service_account=env.get("MLOPS_K8S_SERVICE_ACCOUNT", "mlops-deployer"),
+        redis_connection=env.get("MLOPS_REDIS", "redis:6379"),
+    )
