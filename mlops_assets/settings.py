@@ -40,6 +40,7 @@ class Settings:
     image: str | None = None
     service_account: str = "mlops-deployer"
     redis_connection: str = "redis:6379"
+    dataset_config: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
@@ -109,6 +110,12 @@ class Settings:
     def io_manager_dir(self) -> Path:
         return self.home / "io"
 
+    def dataset_spec(self):
+        """The demo churn spec, or the bring-your-own config named by MLOPS_DATASET_CONFIG."""
+        from mlops_assets.data.spec import DEMO_SPEC, load_spec
+
+        return load_spec(self.dataset_config) if self.dataset_config else DEMO_SPEC
+
     def ensure_dirs(self) -> None:
         for path in (self.dagster_home, self.logs_dir, self.mlflow_dir, self.feast_dir,
                      self.serving_dir, self.reports_dir, self.io_manager_dir):
@@ -148,4 +155,5 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         image=env.get("MLOPS_IMAGE") or None,
         service_account=env.get("MLOPS_K8S_SERVICE_ACCOUNT", "mlops-deployer"),
         redis_connection=env.get("MLOPS_REDIS", "redis:6379"),
+        dataset_config=env.get("MLOPS_DATASET_CONFIG") or None,
     )

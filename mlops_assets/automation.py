@@ -1,0 +1,136 @@
+"""Jobs, sensors and schedules that close the loop: drift or decay -> one retraining run.
+
+Each sensor looks at the latest materialization of the asset it watches, keys its run request on
+that materialization's storage id (the same report never triggers twice) and keeps a cool-down in
+its cursor (JSON ``{"last_report_id", "last_trigger_time"}``) against retraining storms.
+Every decision not to run is a ``SkipReason`` saying why, visible on the sensor's ticks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import dagster as dg
+
+from mlops_assets.settings import get_settings
+
+RETRAIN_ASSETS = ("training_set", "holdout_set", "candidate_model", "model_explanations",
+                  "champion_model", "inference_service")
+DRIFT_REPORT = dg.AssetKey("drift_report")
+MODEL_PERFORMANCE = dg.AssetKey("model_performance")
+DEFAULT_DRIFT_SHARE_THRESHOLD = 0.3
+DEFAULT_COOLDOWN_MINUTES = 10.0
+SENSOR_INTERVAL_SECONDS = 15  # the loop's latency budget is about a minute
+
+retrain_job = dg.define_asset_job("retrain_job", selection=dg.AssetSelection.assets(*RETRAIN_ASSETS))
+drift_check_job = dg.define_asset_job("drift_check_job", selection=dg.AssetSelection.assets("drift_report"))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    retrain: bool
+    reason: str  # why not, or what triggered
+    tags: Mapping[str, str]
+
+
+def _value(metadata: Mapping, key: str):
+    entry = metadata.get(key)
+    return getattr(entry, "value", entry)
+
+
+def drift_verdict(metadata: Mapping, threshold: float) -> Verdict:
+    status = _value(metadata, "status")
+    if status != "ok":
+        notes = _value(metadata, "notes") or ""
+        return Verdict(False, f"status {status}{': ' + notes if notes else ''}; not judged", {})
+    share = float(_value(metadata, "drift_share"))
+    drifted = _value(metadata, "drifted_columns") or []
+    if share < threshold:
+        return Verdict(False, f"drift share {share:.3f} below the threshold {threshold:.3f}", {})
+    return Verdict(True, f"drift share {share:.3f} >= {threshold:.3f} (drifted: {', '.join(drifted)})",
+                   {"mlops/drift_share": f"{share:.3f}"})
+
+
+def performance_verdict(metadata: Mapping) -> Verdict:
+    if _value(metadata, "decayed") is not True:
+        return Verdict(False, f"no decay (decay status {_value(metadata, 'decay_status')})", {})
+    drops = {k: float(_value(metadata, k)) for k in ("accuracy_drop", "roc_auc_drop") if k in metadata}
+    text = ", ".join(f"{k} {v:.3f}" for k, v in drops.items())
+    return Verdict(True, f"model performance decayed ({text})",
+                   {f"mlops/{k}": f"{v:.3f}" for k, v in drops.items()})
+
+
+def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.AssetKey,
+                             verdict: Callable[[Mapping], Verdict], trigger: str,
+                             cooldown_minutes: float) -> dg.SensorResult:
+    """One tick: the latest report of ``asset_key`` -> a retrain run request or a skip reason."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    event = context.instance.get_latest_materialization_event(asset_key)
+    if event is None:
+        return dg.SensorResult(skip_reason=f"no {asset_key.to_user_string()} materialization yet")
+    report_id = event.storage_id
+    if cursor.get("last_report_id") == report_id:
+        return dg.SensorResult(skip_reason=f"report {report_id} already evaluated; waiting for a new one")
+    decision = verdict(event.asset_materialization.metadata)
+    if not decision.retrain:
+        cursor["last_report_id"] = report_id
+        return dg.SensorResult(skip_reason=f"report {report_id}: {decision.reason}",
+                               cursor=json.dumps(cursor))
+    since = time.time() - cursor.get("last_trigger_time", 0.0)
+    if since < cooldown_minutes * 60:
+        # The report stays unseen, so it can still trigger once the cool-down is over.
+        return dg.SensorResult(skip_reason=(
+            f"report {report_id}: {decision.reason}, but cooling down: the last retrain was "
+            f"triggered {since / 60:.1f} min ago (cool-down {cooldown_minutes:g} min)"))
+    cursor.update(last_report_id=report_id, last_trigger_time=time.time())
+    tags = {"mlops/trigger": trigger, f"mlops/{asset_key.path[-1]}_id": str(report_id),
+            "mlops/reason": decision.reason[:200], **decision.tags}
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=str(report_id), tags=tags)],
+                           cursor=json.dumps(cursor))
+
+
+def default_status() -> dg.DefaultSensorStatus:
+    local = get_settings().profile == "local"
+    return dg.DefaultSensorStatus.RUNNING if local else dg.DefaultSensorStatus.STOPPED
+
+
+def build_drift_sensor(threshold: float = DEFAULT_DRIFT_SHARE_THRESHOLD,
+                       cooldown_minutes: float = DEFAULT_COOLDOWN_MINUTES) -> dg.SensorDefinition:
+    @dg.sensor(name="drift_sensor", job=retrain_job, default_status=default_status(),
+               minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+               description=f"Retrain when the latest drift report's drift share >= {threshold}.")
+    def drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        return evaluate_retrain_trigger(context, DRIFT_REPORT, lambda m: drift_verdict(m, threshold),
+                                        "drift", cooldown_minutes)
+
+    return drift_sensor
+
+
+def build_performance_sensor(cooldown_minutes: float = DEFAULT_COOLDOWN_MINUTES) -> dg.SensorDefinition:
+    @dg.sensor(name="performance_sensor", job=retrain_job, default_status=default_status(),
+               minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+               description="Retrain when model_performance reports decay below the champion.")
+    def performance_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        return evaluate_retrain_trigger(context, MODEL_PERFORMANCE, performance_verdict,
+                                        "performance", cooldown_minutes)
+
+    return performance_sensor
+
+
+drift_sensor = build_drift_sensor()
+performance_sensor = build_performance_sensor()
+
+drift_check_schedule = dg.ScheduleDefinition(
+    name="hourly_drift_check", job=drift_check_job, cron_schedule="0 * * * *",
+    default_status=dg.DefaultScheduleStatus(default_status().value))
+weekly_retrain_schedule = dg.ScheduleDefinition(
+    name="weekly_retrain", job=retrain_job, cron_schedule="0 3 * * 1",
+    tags={"mlops/trigger": "schedule"},
+    default_status=dg.DefaultScheduleStatus(default_status().value))
+
+JOBS = [retrain_job, drift_check_job]
+SENSORS = [drift_sensor, performance_sensor]
+SCHEDULES = [drift_check_schedule, weekly_retrain_schedule]

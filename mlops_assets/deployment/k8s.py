@@ -1,0 +1,433 @@
+"""The deploy step in the ``k8s`` profile: render, apply and roll out the KServe InferenceService.
+
+Three ways out of the same rendered manifest:
+
+* :class:`KServeK8sClient` applies it through the Kubernetes API (server-side apply), waits for
+  readiness and the canary share, then promotes or rolls back;
+* :func:`write_gitops_manifest` + :func:`commit_gitops_change` put the release into the GitOps
+  overlay that the Argo CD ``Application`` in ``deploy/argocd`` syncs;
+* :func:`deploy_executor` runs the deploy step itself as a Kubernetes Job (``k8s_job_executor``).
+
+The kustomize base in ``deploy/kserve/base`` is the template, so the YAML there stays the one source
+of truth. For a custom resource kustomize patches with JSON merge-patch semantics (maps merge, lists
+are replaced whole); :func:`merge_patch` does the same, and the tests compare both renderings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from mlops_assets.settings import PROJECT_ROOT, Settings, get_settings
+
+KSERVE_DIR = PROJECT_ROOT / "deploy" / "kserve"
+BASE_MANIFEST = KSERVE_DIR / "base" / "inferenceservice.yaml"
+OVERLAYS = ("staging", "prod")
+COMPONENTS = ("transformer", "predictor")
+SERVING_CONTAINER = "kserve-container"
+MODEL_VERSION_ANNOTATION = "mlops/model-version"
+FIELD_MANAGER = "mlops-deployer"
+KSERVE_API = "apis/serving.kserve.io/v1beta1"
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+IN_CLUSTER_API_URL = "https://kubernetes.default.svc"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+# The deploy step only talks to the API server and runs smoke requests: a small, fixed footprint.
+DEPLOY_STEP_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+
+
+class DeploymentError(RuntimeError):
+    """The InferenceService could not be rolled out; the message carries the reason from its status."""
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: what kustomize does when it patches a custom resource."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def overlay_dir(overlay: str) -> Path:
+    if overlay not in OVERLAYS:
+        raise ValueError(f"overlay {overlay!r} is not one of {', '.join(OVERLAYS)}")
+    return KSERVE_DIR / "overlays" / overlay
+
+
+def overlay_namespace(overlay: str) -> str:
+    return load_yaml(overlay_dir(overlay) / "kustomization.yaml")["namespace"]
+
+
+def _with_env(env: list[dict], values: Mapping[str, str]) -> list[dict]:
+    """The container's env list with ``values`` set, existing names kept in place."""
+    remaining = dict(values)
+    updated = [{"name": e["name"], "value": remaining.pop(e["name"])} if e["name"] in remaining else e
+               for e in env]
+    return updated + [{"name": name, "value": value} for name, value in remaining.items()]
+
+
+def _release_containers(component: dict, image: str, env: Mapping[str, str]) -> list[dict]:
+    containers = copy.deepcopy(component["containers"])
+    for container in containers:
+        if container["name"] == SERVING_CONTAINER:
+            container["image"] = image
+            container["env"] = _with_env(container.get("env", []), env)
+    return containers
+
+
+def release_patch(template: dict, model_uri: str, model_version: str, image: str,
+                  canary_percent: int) -> dict:
+    """The fields a release changes: image, model, canary share (lists whole, as a merge patch needs)."""
+    if not 0 <= canary_percent <= 100:
+        raise ValueError(f"canary_percent must be within 0..100, got {canary_percent}")
+    version = str(model_version)
+    component_env = {
+        "transformer": {"MLOPS_MODEL_VERSION": version},
+        "predictor": {"MLOPS_MODEL_URI": model_uri, "MLOPS_MODEL_VERSION": version},
+    }
+    return {
+        "apiVersion": template["apiVersion"],
+        "kind": template["kind"],
+        "metadata": {"name": template["metadata"]["name"],
+                     "annotations": {MODEL_VERSION_ANNOTATION: version}},
+        "spec": {
+            name: {"canaryTrafficPercent": canary_percent,
+                   "containers": _release_containers(template["spec"][name], image, component_env[name])}
+            for name in COMPONENTS
+        },
+    }
+
+
+def render_inference_service(settings: Settings, model_uri: str, model_version: str | int,
+                             image: str, canary_percent: int = 100,
+                             overlay: str | None = None) -> dict:
+    """The InferenceService for one model version: base, then the overlay's patches, then the release.
+
+    Without an overlay the namespace comes from settings; with one, from its kustomization.
+    """
+    manifest = load_yaml(BASE_MANIFEST)
+    if overlay is not None:
+        manifest = merge_patch(manifest, load_yaml(overlay_dir(overlay) / "environment.yaml"))
+    manifest = merge_patch(manifest, release_patch(manifest, model_uri, str(model_version), image,
+                                                   canary_percent))
+    if overlay is None:
+        manifest["metadata"].update(name=settings.model_name, namespace=settings.k8s_namespace)
+    else:
+        manifest["metadata"]["namespace"] = overlay_namespace(overlay)
+    return manifest
+
+
+def with_canary_percent(manifest: dict, percent: int) -> dict:
+    return merge_patch(manifest, {"spec": {name: {"canaryTrafficPercent": percent}
+                                           for name in COMPONENTS if name in manifest["spec"]}})
+
+
+# --- GitOps ----------------------------------------------------------------------------------------
+
+def write_gitops_manifest(path: Path, manifest: dict) -> Path:
+    """Write the release of ``manifest`` as the overlay's patch that Argo CD syncs.
+
+    Only the release fields are written: the overlay's kustomization owns the namespace (a patch
+    naming one no longer matches the base) and its environment patch owns replicas and the sink.
+    """
+    patch = release_patch(manifest, *_release_values(manifest))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ("# Written by mlops_assets.deployment.k8s (the deploy step in GitOps mode, or\n"
+              "# .github/workflows/deploy.yml): the release the overlay rolls out. Do not edit by hand.\n")
+    path.write_text(header + yaml.safe_dump(patch, sort_keys=False))
+    return path
+
+
+def _release_values(manifest: dict) -> tuple[str, str, str, int]:
+    """(model_uri, model_version, image, canary_percent) of a rendered manifest."""
+    predictor = manifest["spec"]["predictor"]
+    container = next(c for c in predictor["containers"] if c["name"] == SERVING_CONTAINER)
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    return (env["MLOPS_MODEL_URI"], env["MLOPS_MODEL_VERSION"], container["image"],
+            predictor.get("canaryTrafficPercent", 100))
+
+
+def commit_gitops_change(repo_dir: Path, paths: Iterable[Path], message: str) -> str:
+    """Commit the written manifests; returns the new commit's sha (Argo CD syncs from it)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo_dir), *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("add", "--", *(str(p) for p in paths))
+    git("commit", "-m", message)
+    return git("rev-parse", "HEAD")
+
+
+# --- the Kubernetes API ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RolloutResult:
+    name: str
+    namespace: str
+    status: dict
+
+
+def _conditions_reason(status: Mapping[str, Any]) -> str:
+    failing = [c for c in status.get("conditions", []) if str(c.get("status")) != "True"]
+    if not failing:
+        return "no status conditions reported" if not status.get("conditions") else "traffic not yet at target"
+    return "; ".join(f"{c.get('type')}: {c.get('reason') or 'Unknown'}"
+                     + (f" ({c['message']})" if c.get("message") else "") for c in failing)
+
+
+def _is_ready(status: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and str(c.get("status")) == "True"
+               for c in status.get("conditions", []))
+
+
+def _latest_revision_percent(status: Mapping[str, Any], component: str) -> int | None:
+    for entry in status.get("components", {}).get(component, {}).get("traffic", []):
+        if entry.get("latestRevision"):
+            return entry.get("percent", 0)
+    return None
+
+
+def rollout_reached(resource: Mapping[str, Any], expected_percent: Mapping[str, int]) -> bool:
+    """Ready for the current generation, and each component's latest revision at its share."""
+    status = resource.get("status") or {}
+    generation = resource.get("metadata", {}).get("generation")
+    if generation is not None and status.get("observedGeneration", 0) < generation:
+        return False  # a Ready from the previous spec says nothing about this one
+    if not _is_ready(status):
+        return False
+    return all(_latest_revision_percent(status, c) == p for c, p in expected_percent.items())
+
+
+def _spec_to_reapply(resource: Mapping[str, Any]) -> dict:
+    """A live object reduced to what an apply sends: no status, no server-owned metadata."""
+    metadata = resource["metadata"]
+    kept = {k: metadata[k] for k in ("name", "namespace", "labels", "annotations") if k in metadata}
+    annotations = {k: v for k, v in kept.get("annotations", {}).items()
+                   if k != "kubectl.kubernetes.io/last-applied-configuration"}
+    if annotations:
+        kept["annotations"] = annotations
+    return {"apiVersion": resource["apiVersion"], "kind": resource["kind"], "metadata": kept,
+            "spec": copy.deepcopy(resource["spec"])}
+
+
+class KServeK8sClient:
+    """InferenceService rollouts through the Kubernetes REST API (plain HTTP, bearer token)."""
+
+    def __init__(self, api_url: str, token: str | None = None, verify: bool | str = True,
+                 timeout_s: float = 600.0, poll_interval_s: float = 5.0,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, verify=verify,
+                                  timeout=30.0)
+        self.timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+        self._sleep = sleep
+        self._clock = clock
+
+    @classmethod
+    def in_cluster(cls, **kwargs: Any) -> "KServeK8sClient":
+        """The client a pod builds from its mounted service-account token and CA."""
+        token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
+        return cls(IN_CLUSTER_API_URL, token=token, verify=str(SERVICE_ACCOUNT_DIR / "ca.crt"), **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    @staticmethod
+    def _path(namespace: str, name: str) -> str:
+        return f"/{KSERVE_API}/namespaces/{namespace}/inferenceservices/{name}"
+
+    def _check(self, response, action: str):
+        if response.status_code >= 400:
+            raise DeploymentError(f"{action} failed: HTTP {response.status_code}: {response.text[:500]}")
+        return response
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        response = self._http.get(self._path(namespace, name))
+        if response.status_code == 404:
+            return None
+        return self._check(response, f"reading InferenceService {namespace}/{name}").json()
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict:
+        """Server-side apply: the API server merges our fields, owned by one field manager."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        response = self._http.patch(
+            self._path(namespace, name),
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content=yaml.safe_dump(dict(manifest), sort_keys=False),
+            headers={"Content-Type": APPLY_CONTENT_TYPE},
+        )
+        return self._check(response, f"applying InferenceService {namespace}/{name}").json()
+
+    def wait_for_rollout(self, namespace: str, name: str, expected_percent: Mapping[str, int],
+                         timeout_s: float | None = None) -> dict:
+        """Poll until :func:`rollout_reached`; on timeout raise with the status conditions' reason."""
+        deadline = self._clock() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            resource = self.get(namespace, name) or {}
+            if rollout_reached(resource, expected_percent):
+                return resource
+            if self._clock() >= deadline:
+                raise DeploymentError(
+                    f"InferenceService {namespace}/{name} not ready with traffic {dict(expected_percent)}"
+                    f" within {self.timeout_s if timeout_s is None else timeout_s:g}s: "
+                    + _conditions_reason(resource.get("status") or {}))
+            self._sleep(self.poll_interval_s)
+
+    def deploy_canary(self, manifest: Mapping[str, Any], timeout_s: float | None = None) -> RolloutResult:
+        """Apply the new revision at its canary share; roll back to the previous spec if it never gets there."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        previous = self.get(namespace, name)
+        self.apply(manifest)
+        # KServe sends everything to the first revision: there is nothing to split against yet.
+        expected = {c: (manifest["spec"][c].get("canaryTrafficPercent", 100) if previous else 100)
+                    for c in COMPONENTS if c in manifest["spec"]}
+        try:
+            resource = self.wait_for_rollout(namespace, name, expected, timeout_s)
+        except DeploymentError as error:
+            if previous is not None:
+                self.rollback(previous)
+                raise DeploymentError(f"{error}; rolled back to the previous spec") from error
+            raise
+        return RolloutResult(name, namespace, resource.get("status", {}))
+
+    def promote(self, manifest: Mapping[str, Any], timeout_s: float | None = None) -> RolloutResult:
+        """Send all traffic to the latest revision (canary share 100)."""
+        promoted = with_canary_percent(dict(manifest), 100)
+        namespace, name = promoted["metadata"]["namespace"], promoted["metadata"]["name"]
+        self.apply(promoted)
+        resource = self.wait_for_rollout(namespace, name, {c: 100 for c in COMPONENTS
+                                                           if c in promoted["spec"]}, timeout_s)
+        return RolloutResult(name, namespace, resource.get("status", {}))
+
+    def rollback(self, previous: Mapping[str, Any]) -> dict:
+        """Re-apply the previous spec with all traffic on it (no new canary of the old model)."""
+        return self.apply(with_canary_percent(_spec_to_reapply(previous), 100))
+
+
+# --- the deploy step as a Kubernetes Job -------------------------------------------------------------
+
+def deploy_executor_config(settings: Settings) -> dict:
+    """``k8s_job_executor`` config for the deploy job: image, namespace, service account, resources."""
+    if not settings.image:
+        raise DeploymentError("MLOPS_IMAGE is not set: the deploy step's Kubernetes Job needs an image")
+    return {
+        "job_image": settings.image,
+        "job_namespace": settings.k8s_namespace,
+        "service_account_name": settings.service_account,
+        "resources": copy.deepcopy(DEPLOY_STEP_RESOURCES),
+        "env_vars": ["MLOPS_PROFILE=k8s", f"MLOPS_K8S_NAMESPACE={settings.k8s_namespace}"],
+        "env_config_maps": ["mlops-settings"],
+        "labels": {"app.kubernetes.io/part-of": "mlops-assets"},
+    }
+
+
+DEPLOY_EXECUTOR_NAME = "k8s_deploy_executor"
+
+
+def deploy_executor(settings: Settings):
+    """``dagster_k8s.k8s_job_executor`` configured from settings, for the job holding the deploy step."""
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor.configured(deploy_executor_config(settings), name=DEPLOY_EXECUTOR_NAME)
+
+
+def resolved_executor_config(settings: Settings) -> dict:
+    """The executor config as Dagster validates and fills it in for a run (defaults included)."""
+    import dagster as dg
+
+    @dg.op(name="inference_service")
+    def deploy_step():
+        pass
+
+    @dg.job(name="deploy_executor_probe", executor_def=deploy_executor(settings))
+    def probe():
+        deploy_step()
+
+    return dg.validate_run_config(probe)["execution"][DEPLOY_EXECUTOR_NAME]
+
+
+def deploy_step_job(settings: Settings, run_id: str, step_key: str, args: list[str] | None = None) -> dict:
+    """The Job manifest dagster-k8s launches for one deploy step, built by its own constructor.
+
+    The resolved executor config maps to a ``K8sContainerContext`` field by field as
+    ``k8s_job_executor`` does; ``construct_dagster_k8s_job`` then builds the Job.
+    """
+    import kubernetes
+    from dagster_k8s import DagsterK8sJobConfig, construct_dagster_k8s_job
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import get_k8s_job_name
+
+    config = resolved_executor_config(settings)
+    context = K8sContainerContext(
+        image_pull_policy=config.get("image_pull_policy"),
+        service_account_name=config.get("service_account_name"),
+        env_config_maps=config.get("env_config_maps"),
+        env_secrets=config.get("env_secrets"),
+        env_vars=config.get("env_vars"),
+        volume_mounts=config.get("volume_mounts"),
+        volumes=config.get("volumes"),
+        labels=config.get("labels"),
+        namespace=config.get("job_namespace"),
+        resources=config.get("resources"),
+    )
+    job_name = f"dagster-step-{get_k8s_job_name(run_id, step_key)}"
+    job = construct_dagster_k8s_job(
+        job_config=DagsterK8sJobConfig(job_image=config["job_image"],
+                                       dagster_home="/opt/dagster/dagster_home"),
+        args=args or ["dagster", "api", "execute_step"],
+        job_name=job_name,
+        pod_name=job_name,
+        component="step_worker",
+        user_defined_k8s_config=context.run_k8s_config,
+        labels={"dagster/op": step_key, "dagster/run-id": run_id},
+    )
+    manifest = kubernetes.client.ApiClient().sanitize_for_serialization(job)
+    manifest["metadata"]["namespace"] = context.namespace  # the executor creates the Job there
+    return manifest
+
+
+# --- command line: what .github/workflows/deploy.yml runs --------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlops_assets.deployment.k8s",
+        description="Write a release (image, model, canary share) into a GitOps overlay of deploy/kserve.")
+    parser.add_argument("--overlay", choices=OVERLAYS, required=True)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--model-version", required=True)
+    parser.add_argument("--canary-percent", type=int, default=20)
+    options = parser.parse_args(argv)
+    manifest = render_inference_service(get_settings(), options.model_uri, options.model_version,
+                                        options.image, options.canary_percent, overlay=options.overlay)
+    print(write_gitops_manifest(overlay_dir(options.overlay) / "release.yaml", manifest))
+
+
+if __name__ == "__main__":
+    main()

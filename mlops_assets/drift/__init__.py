@@ -1,0 +1,1 @@
+"""Drift of production traffic against the training reference (Evidently, with a fast path)."""

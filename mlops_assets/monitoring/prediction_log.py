@@ -1,0 +1,165 @@
+"""Read the serving's prediction log (JSON Lines, see docs/CONTRACTS.md) and join late labels.
+
+Bad input is counted, never fatal: a line cut short by a crash or holding invalid JSON is a
+``bad_line``; a label whose request id is in no log file is an ``unknown_label_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from mlops_assets.settings import Settings
+
+META_COLUMNS = ["request_id", "ts", "entity_id", "score", "prediction", "model_version", "revision"]
+LABEL_COLUMN = "label"
+_LOG_FILE = re.compile(r"^predictions-(\d{10})(?:-\d+)?\.jsonl$")
+_REQUEST_ID = re.compile(r'"request_id"\s*:\s*"([^"\\]*)"')
+# A writer may stamp a request a moment before rotating; read one hour either side of the window.
+_FILE_SLACK = timedelta(hours=1)
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """Content hash of a frame (values and column names, not the index)."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    digest.update(",".join(map(str, frame.columns)).encode())
+    return digest.hexdigest()[:32]
+
+
+def labels_dir(settings: Settings) -> Path:
+    return settings.serving_dir / "labels"
+
+
+def feature_columns(log: pd.DataFrame) -> list[str]:
+    """The model-input columns of a frame returned by :func:`read_prediction_log`."""
+    return [c for c in log.columns if c not in META_COLUMNS and c != LABEL_COLUMN]
+
+
+def read_prediction_log(settings: Settings, start: datetime, end: datetime,
+                        with_labels: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows with ``start <= ts < end`` (UTC), features flattened to columns, labels joined.
+
+    Returns the frame and stats: ``rows``, ``bad_lines``, ``unknown_label_ids``, ``labelled``,
+    ``bad_label_lines``, ``files``.
+    """
+    start, end = _as_utc(start), _as_utc(end)
+    in_window, outside = _split_log_files(settings.prediction_log_dir, start, end)
+    records, bad_lines = _parse_records(in_window)
+    log = _to_frame(records)
+    parsed_ids = set(log["request_id"])
+    log = log[(log["ts"] >= start) & (log["ts"] < end)].reset_index(drop=True)
+    stats = {"rows": len(log), "bad_lines": bad_lines, "files": len(in_window),
+             "labelled": 0, "unknown_label_ids": 0, "bad_label_lines": 0}
+    if with_labels:
+        log, label_stats = _join_labels(log, settings, parsed_ids, outside)
+        stats.update(label_stats)
+    return log, stats
+
+
+def _as_utc(moment: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _file_hour(path: Path) -> pd.Timestamp | None:
+    match = _LOG_FILE.match(path.name)
+    if not match:
+        return None
+    return pd.Timestamp(datetime.strptime(match.group(1), "%Y%m%d%H").replace(tzinfo=timezone.utc))
+
+
+def _split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
+                     ) -> tuple[list[Path], list[Path]]:
+    """Log files that may hold rows of the window, and all the other log files."""
+    inside, outside = [], []
+    for path in sorted(log_dir.glob("predictions-*.jsonl")) if log_dir.is_dir() else []:
+        hour = _file_hour(path)
+        if hour is None:
+            continue
+        near = start.floor("h") - _FILE_SLACK <= hour < end + _FILE_SLACK
+        (inside if near else outside).append(path)
+    return inside, outside
+
+
+def _parse_records(paths: list[Path]) -> tuple[list[dict], int]:
+    records, bad = [], 0
+    for path in paths:
+        with path.open("r", encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                record = _parse_line(line)
+                if record is None:
+                    bad += 1
+                else:
+                    records.append(record)
+    return records, bad
+
+
+def _parse_line(line: str) -> dict | None:
+    """One log object, or None when the line is cut short, not JSON or misses a field."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("features"), dict):
+        return None
+    if not isinstance(obj.get("request_id"), str) or not isinstance(obj.get("ts"), str):
+        return None
+    if not isinstance(obj.get("score"), (int, float)):
+        return None
+    record = {name: obj.get(name) for name in META_COLUMNS}
+    record.update({k: v for k, v in obj["features"].items() if k not in record})
+    return record
+
+
+def _to_frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=None if records else META_COLUMNS)
+    # Unparseable timestamps become NaT and fall outside every window.
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
+    frame["score"] = frame["score"].astype(float)
+    return frame
+
+
+def read_labels(settings: Settings) -> tuple[dict[str, int], int]:
+    """All dropped labels as {request_id: label} (the last one wins), and the bad-line count."""
+    labels, bad = {}, 0
+    folder = labels_dir(settings)
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if (not isinstance(obj, dict) or not isinstance(obj.get("request_id"), str)
+                    or obj.get("label") not in (0, 1) or isinstance(obj.get("label"), bool)):
+                bad += 1
+                continue
+            labels[obj["request_id"]] = int(obj["label"])
+    return labels, bad
+
+
+def _join_labels(log: pd.DataFrame, settings: Settings, parsed_ids: set[str],
+                 other_files: list[Path]) -> tuple[pd.DataFrame, dict[str, int]]:
+    labels, bad = read_labels(settings)
+    log = log.assign(**{LABEL_COLUMN: log["request_id"].map(labels).astype("Float64")})
+    unmatched = set(labels) - parsed_ids
+    # Labels for requests outside the window are not "unknown": look their ids up cheaply.
+    unknown = unmatched - _request_ids_in(other_files, unmatched) if unmatched else set()
+    return log, {"labelled": int(log[LABEL_COLUMN].notna().sum()),
+                 "unknown_label_ids": len(unknown), "bad_label_lines": bad}
+
+
+def _request_ids_in(paths: list[Path], wanted: set[str]) -> set[str]:
+    found: set[str] = set()
+    for path in paths:
+        found.update(i for i in _REQUEST_ID.findall(path.read_text(errors="replace")) if i in wanted)
+    return found

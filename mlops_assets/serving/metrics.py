@@ -1,0 +1,103 @@
+"""Prometheus series of the serving processes (names fixed in docs/CONTRACTS.md).
+
+KServe's own histograms (request_preprocess_seconds, ...) live in the same default registry, so
+one /metrics endpoint exposes both. Label children are cached: a request costs a few dict look-ups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5)
+SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+SERVER_LABELS = ("model_name", "revision", "role")
+
+REQUEST_LATENCY = Histogram("mlops_request_latency_seconds", "request latency seen by the server",
+                            SERVER_LABELS, buckets=LATENCY_BUCKETS)
+REQUESTS = Counter("mlops_requests_total", "inference requests by status code", SERVER_LABELS + ("code",))
+ERRORS = Counter("mlops_request_errors_total", "inference requests answered 4xx or 5xx",
+                 SERVER_LABELS + ("code",))
+PREDICTIONS = Counter("mlops_predictions_total", "predictions by predicted class",
+                      SERVER_LABELS + ("predicted_class",))
+SCORES = Histogram("mlops_prediction_score", "churn score of each prediction", SERVER_LABELS,
+                   buckets=SCORE_BUCKETS)
+MODEL_VERSION = Gauge("mlops_model_version_info", "model version served (value 1)",
+                      SERVER_LABELS + ("model_version",))
+FEATURE_LOOKUP = Histogram("mlops_feature_lookup_seconds", "Feast online lookup latency", SERVER_LABELS,
+                           buckets=LATENCY_BUCKETS)
+
+INGRESS_REQUESTS = Counter("mlops_ingress_requests_total", "requests through the local ingress",
+                           ("revision", "code"))
+CANARY_PERCENT = Gauge("mlops_canary_traffic_percent", "share of traffic routed to the canary")
+
+
+class ServerMetrics:
+    """The series of one server process; ``revision`` can differ per request (set by the ingress)."""
+
+    def __init__(self, model_name: str, role: str):
+        self.model_name = model_name
+        self.role = role
+        self._children: dict[tuple, object] = {}
+        self._version_labels: set[tuple] = set()
+
+    def _child(self, metric, revision: str, *extra: str):
+        key = (id(metric), revision, *extra)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(self.model_name, revision, self.role, *extra)
+            self._children[key] = child
+        return child
+
+    def observe_request(self, revision: str, code: int, seconds: float) -> None:
+        code_label = str(code)
+        self._child(REQUEST_LATENCY, revision).observe(seconds)
+        self._child(REQUESTS, revision, code_label).inc()
+        if code >= 400:
+            self._child(ERRORS, revision, code_label).inc()
+
+    def observe_predictions(self, revision: str, scores: Iterable[float], classes: Iterable[int]) -> None:
+        histogram = self._child(SCORES, revision)
+        for score in scores:
+            histogram.observe(score)
+        for predicted in classes:
+            self._child(PREDICTIONS, revision, str(predicted)).inc()
+
+    def observe_feature_lookup(self, revision: str, seconds: float) -> None:
+        self._child(FEATURE_LOOKUP, revision).observe(seconds)
+
+    def prime(self, revision: str, model_version: str | None) -> None:
+        """Create every series at start-up, so /metrics lists them before the first request."""
+        for metric in (REQUEST_LATENCY, SCORES, FEATURE_LOOKUP):
+            self._child(metric, revision)
+        self._child(REQUESTS, revision, "200")
+        self._child(ERRORS, revision, "400")
+        for predicted in ("0", "1"):
+            self._child(PREDICTIONS, revision, predicted)
+        if model_version is not None:
+            self.set_model_version(revision, model_version)
+
+    def set_model_version(self, revision: str, model_version: str) -> None:
+        """One info series per (revision, version) pair seen; earlier pairs drop to 0."""
+        key = (revision, str(model_version))
+        if key in self._version_labels:
+            return
+        for old_revision, old_version in self._version_labels:
+            self._child(MODEL_VERSION, old_revision, old_version).set(0)
+        self._version_labels = {key}
+        self._child(MODEL_VERSION, revision, str(model_version)).set(1)
+
+
+def exposition(extra_textfile: Path | None = None) -> bytes:
+    """The registry in text format, followed by a textfile's series (loop gauges) if it exists."""
+    body = generate_latest(REGISTRY)
+    if extra_textfile is not None:
+        try:
+            extra = extra_textfile.read_bytes()
+        except OSError:
+            return body
+        body += extra if extra.endswith(b"\n") or not extra else extra + b"\n"
+    return body

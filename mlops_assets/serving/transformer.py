@@ -1,0 +1,183 @@
+"""The transformer: a ``kserve.Model`` in front of the predictor, as in KServe's transformer pattern.
+
+Accepts V1 ``{"instances": [...]}`` holding either entity ids (``{"customer_id": 7}``; features come
+from the Feast online store) or complete feature rows; validates them, forwards the feature rows to
+the predictor over HTTP (``--predictor_host``), and on the way back attaches the model version and
+revision and appends each prediction to the prediction log.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+from kserve import Model
+from kserve.protocol.infer_type import InferRequest
+
+from mlops_assets.features.store import FeatureStoreClient
+from mlops_assets.serving.metrics import ServerMetrics
+from mlops_assets.serving.prediction_log import PredictionLog
+from mlops_assets.serving.validation import (
+    FeatureSchema, InvalidRequest, ServingError, check_entity_id, check_feature_row, check_instances,
+)
+from mlops_assets.settings import Settings
+
+REVISION_HEADER = "x-mlops-revision"
+REVISIONS = ("stable", "canary")
+
+
+class PredictorUnavailable(ServingError):
+    """The predictor could not be reached or failed; the ingress may retry another revision."""
+
+    status = 503
+
+
+@dataclass
+class PendingRequest:
+    """What postprocess needs from preprocess to write the log lines of one request."""
+
+    request_id: str
+    revision: str
+    entity_ids: list[int | None]
+    rows: list[dict[str, Any]]
+
+
+_pending: contextvars.ContextVar[PendingRequest] = contextvars.ContextVar("pending_request")
+
+
+def request_revision(headers: dict | None, default: str) -> str:
+    """The ingress names the revision a request was routed to; direct calls use the process flag."""
+    value = (headers or {}).get(REVISION_HEADER)
+    return value if value in REVISIONS else default
+
+
+class ChurnTransformer(Model):
+    def __init__(self, name: str, settings: Settings, revision: str, prediction_log: PredictionLog,
+                 metrics: ServerMetrics, max_instances: int = 1000):
+        super().__init__(name)
+        self.settings = settings
+        self.revision = revision
+        self.prediction_log = prediction_log
+        self.metrics = metrics
+        self.max_instances = max_instances
+        self.spec = settings.dataset_spec()
+        self.schema = FeatureSchema.from_spec(self.spec)
+        self.features = FeatureStoreClient(settings)
+        self.feature_refs: list[str] = []
+
+    def load(self) -> bool:
+        self.feature_refs = self.features.feature_refs()
+        self.features.online_features([0], self.feature_refs)  # opens the SQLite connection now
+        self.ready = True
+        return True
+
+    async def preprocess(self, payload: Any, headers: dict | None = None) -> dict:
+        if isinstance(payload, InferRequest):
+            raise InvalidRequest(f"the transformer speaks the V1 protocol: POST {{\"instances\": [...]}} "
+                                 f"to /v1/models/{self.name}:predict")
+        instances = check_instances(payload, self.max_instances)
+        headers = headers if headers is not None else {}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        headers["x-request-id"] = request_id
+        revision = request_revision(headers, self.revision)
+        if self._is_entity_request(instances):
+            entity_ids = [check_entity_id(row[self.spec.entity], i, self.spec.entity)
+                          for i, row in enumerate(instances)]
+            rows = self._lookup(entity_ids, revision)
+        else:
+            entity_ids = [self._optional_entity_id(row, i) for i, row in enumerate(instances)]
+            rows = [check_feature_row(row, i, self.schema, optional=(self.spec.entity,))
+                    for i, row in enumerate(instances)]
+        _pending.set(PendingRequest(request_id, revision, entity_ids, rows))
+        return {"instances": rows}
+
+    def _is_entity_request(self, instances: list) -> bool:
+        is_entity = [isinstance(row, dict) and set(row) == {self.spec.entity} for row in instances]
+        if any(is_entity) and not all(is_entity):
+            raise InvalidRequest(f"instance {is_entity.index(not is_entity[0])} differs in kind: send either "
+                                 f"only '{self.spec.entity}' ids or only complete feature rows")
+        return is_entity[0]
+
+    def _optional_entity_id(self, row: Any, index: int) -> int | None:
+        if isinstance(row, dict) and self.spec.entity in row:
+            return check_entity_id(row[self.spec.entity], index, self.spec.entity)
+        return None
+
+    def _lookup(self, entity_ids: list[int], revision: str) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        frame = self.features.online_features(entity_ids, self.feature_refs)
+        self.metrics.observe_feature_lookup(revision, time.perf_counter() - started)
+        values = frame[list(self.schema.names)]
+        missing = values.isna()
+        unknown = [entity_ids[i] for i in range(len(entity_ids)) if missing.iloc[i].all()]
+        if unknown:
+            raise InvalidRequest(f"unknown {self.spec.entity} {unknown}: no features in the online store",
+                                 status=404)
+        incomplete = [i for i in range(len(entity_ids)) if missing.iloc[i].any()]
+        if incomplete:
+            i = incomplete[0]
+            absent = [name for name in self.schema.names if missing.iloc[i][name]]
+            raise InvalidRequest(f"{self.spec.entity} {entity_ids[i]} has no value for features {absent}",
+                                 status=422)
+        return values.to_dict("records")
+
+    def _forward_headers(self, headers: dict | None) -> dict:
+        headers = headers or {}
+        return {"content-type": "application/json", "x-request-id": headers.get("x-request-id", ""),
+                REVISION_HEADER: request_revision(headers, self.revision)}
+
+    async def predict(self, payload: dict, headers: dict | None = None, response_headers=None) -> dict:
+        return await self._call_predictor(self._http_client.infer(
+            self.predictor_config.predictor_base_url, data=payload, model_name=self.name,
+            headers=self._forward_headers(headers)))
+
+    async def explain(self, payload: dict, headers: dict | None = None) -> dict:
+        return await self._call_predictor(self._http_client.explain(
+            self.predictor_config.predictor_base_url, model_name=self.name, data=payload,
+            headers=self._forward_headers(headers)))
+
+    async def _call_predictor(self, call) -> dict:
+        """Predictor 4xx stay 4xx with the predictor's message; anything else is a 503."""
+        try:
+            return await call
+        except httpx.HTTPStatusError as exc:
+            status, message = exc.response.status_code, _error_message(exc.response)
+            if 400 <= status < 500:
+                raise InvalidRequest(f"predictor rejected the request: {message}", status=status) from None
+            raise PredictorUnavailable(f"predictor answered {status}: {message}") from None
+        except httpx.TransportError as exc:
+            raise PredictorUnavailable(f"predictor unreachable: {type(exc).__name__}") from None
+
+    async def postprocess(self, result: dict, headers: dict | None = None, response_headers=None) -> dict:
+        pending = _pending.get()
+        if "explanations" in result:
+            return {**result, "revision": pending.revision}
+        scores, classes, version = result["predictions"], result["classes"], str(result["model_version"])
+        request_ids = ([pending.request_id] if len(scores) == 1
+                       else [f"{pending.request_id}-{i}" for i in range(len(scores))])
+        self._log_predictions(pending, request_ids, scores, classes, version)
+        self.metrics.observe_predictions(pending.revision, scores, classes)
+        self.metrics.set_model_version(pending.revision, version)
+        return {"predictions": scores, "classes": classes, "model_name": self.name,
+                "model_version": version, "revision": pending.revision, "request_ids": request_ids}
+
+    def _log_predictions(self, pending: PendingRequest, request_ids: list[str], scores: list[float],
+                         classes: list[int], version: str) -> None:
+        ts = datetime.now(timezone.utc).isoformat()
+        self.prediction_log.append(
+            {"request_id": request_id, "ts": ts, "entity_id": entity_id, "features": row,
+             "score": score, "prediction": predicted, "model_version": version, "revision": pending.revision}
+            for request_id, entity_id, row, score, predicted
+            in zip(request_ids, pending.entity_ids, pending.rows, scores, classes))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:200]
