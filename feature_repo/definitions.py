@@ -11,7 +11,8 @@ from feast.types import Float64, Int64, String
 
 from mlops_assets.settings import get_settings
 
-settings = get_settings()
+# The platform injects its own settings when it loads this file; the feast CLI reads the environment.
+settings = globals().get("injected_settings") or get_settings()
 spec = settings.dataset_spec()
 
 customer = Entity(name="customer", join_keys=[spec.entity], value_type=ValueType.INT64,

@@ -6,8 +6,6 @@ its cursor (JSON ``{"last_report_id", "last_trigger_time"}``) against retraining
 Every decision not to run is a ``SkipReason`` saying why, visible on the sensor's ticks.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from dataclasses import dataclass
@@ -46,7 +44,9 @@ def drift_verdict(metadata: Mapping, threshold: float) -> Verdict:
     if status != "ok":
         notes = _value(metadata, "notes") or ""
         return Verdict(False, f"status {status}{': ' + notes if notes else ''}; not judged", {})
-    share = float(_value(metadata, "drift_share"))
+    share = _value(metadata, "drift_share")
+    if not isinstance(share, (int, float)):
+        return Verdict(False, "the report has no numeric drift_share; not judged", {})
     drifted = _value(metadata, "drifted_columns") or []
     if share < threshold:
         return Verdict(False, f"drift share {share:.3f} below the threshold {threshold:.3f}", {})
@@ -68,9 +68,11 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
                              cooldown_minutes: float) -> dg.SensorResult:
     """One tick: the latest report of ``asset_key`` -> a retrain run request or a skip reason."""
     cursor = json.loads(context.cursor) if context.cursor else {}
-    event = context.instance.get_latest_materialization_event(asset_key)
-    if event is None:
+    # The latest materialization as a record: its storage id is the report's identity.
+    records = context.instance.fetch_materializations(asset_key, limit=1).records
+    if not records:
         return dg.SensorResult(skip_reason=f"no {asset_key.to_user_string()} materialization yet")
+    event = records[0]
     report_id = event.storage_id
     if cursor.get("last_report_id") == report_id:
         return dg.SensorResult(skip_reason=f"report {report_id} already evaluated; waiting for a new one")

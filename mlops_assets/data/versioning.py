@@ -68,6 +68,7 @@ class DataVersioner:
                 remote["endpointurl"] = self.settings.s3_endpoint_url
             conf["remote"]["storage"] = remote
             conf["core"]["remote"] = "storage"
+            conf["core"]["autostage"] = True
 
     # --- write ------------------------------------------------------------------------------
     def commit_table(self, frame: pd.DataFrame, name: str, message: str) -> TableVersion:
@@ -92,7 +93,7 @@ class DataVersioner:
     def _record(self, repo, name: str, md5: str, message: str) -> TableVersion:
         scm = repo.scm
         tag = version_tag(name, md5)
-        scm.add([f"{name}.parquet.dvc", ".gitignore", ".dvc/config"])
+        scm.add([str(self.root / f) for f in (f"{name}.parquet.dvc", ".gitignore", ".dvc/config")])
         if scm.is_dirty(untracked_files=False) or not self._has_commits(scm):
             scm.commit(f"{message} ({name} md5 {md5})")
         if tag not in (scm.list_tags() or []):

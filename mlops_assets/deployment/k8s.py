@@ -87,12 +87,23 @@ def _with_env(env: list[dict], values: Mapping[str, str]) -> list[dict]:
     return updated + [{"name": name, "value": value} for name, value in remaining.items()]
 
 
-def _release_containers(component: dict, image: str, env: Mapping[str, str]) -> list[dict]:
+def _with_arg(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with ``flag value`` set once (replaced in place if present)."""
+    if flag in args:
+        index = args.index(flag)
+        return [*args[:index + 1], value, *args[index + 2:]]
+    return [*args, flag, value]
+
+
+def _release_containers(component: dict, image: str, env: Mapping[str, str],
+                        model_version: str | None) -> list[dict]:
     containers = copy.deepcopy(component["containers"])
     for container in containers:
         if container["name"] == SERVING_CONTAINER:
             container["image"] = image
             container["env"] = _with_env(container.get("env", []), env)
+            if model_version is not None:
+                container["args"] = _with_arg(container.get("args", []), "--model_version", model_version)
     return containers
 
 
@@ -113,7 +124,8 @@ def release_patch(template: dict, model_uri: str, model_version: str, image: str
                      "annotations": {MODEL_VERSION_ANNOTATION: version}},
         "spec": {
             name: {"canaryTrafficPercent": canary_percent,
-                   "containers": _release_containers(template["spec"][name], image, component_env[name])}
+                   "containers": _release_containers(template["spec"][name], image, component_env[name],
+                                                     version if name == "predictor" else None)}
             for name in COMPONENTS
         },
     }

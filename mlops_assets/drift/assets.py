@@ -1,7 +1,5 @@
 """The drift report: a recent window of traffic against the training reference."""
 
-from __future__ import annotations
-
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path

@@ -28,6 +28,7 @@ QUANTILES = 1000
 INTEGER_CARDINALITY_LIMIT = 10  # Evidently: integer columns with <= 10 values are categorical
 FEW_VALUES_LIMIT = 5  # Evidently: numeric columns with <= 5 values are compared as categories
 PROFILE_VERSION = 1
+PROFILES_IN_MEMORY = 4
 _PROFILE_CACHE: dict[str, "ReferenceProfile"] = {}
 
 
@@ -133,6 +134,8 @@ def load_or_build_profile(reference: pd.DataFrame, cache_dir: Path | None = None
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(profile)))
             tmp.replace(path)  # atomic: a concurrent reader never sees half a profile
+    if len(_PROFILE_CACHE) >= PROFILES_IN_MEMORY:
+        _PROFILE_CACHE.pop(next(iter(_PROFILE_CACHE)))  # oldest first
     _PROFILE_CACHE[key] = profile
     return profile
 

@@ -50,6 +50,7 @@ def load_definitions(settings: Settings) -> list:
     path = settings.feature_repo / "definitions.py"
     spec = importlib.util.spec_from_file_location("_mlops_feature_repo_definitions", path)
     module = importlib.util.module_from_spec(spec)
+    module.injected_settings = settings
     spec.loader.exec_module(module)
     kinds = (Entity, FileSource, FeatureView, FeatureService)
     return [obj for obj in vars(module).values() if isinstance(obj, kinds)]

@@ -1,8 +1,6 @@
 """Monitoring assets: the prediction log as a versioned daily table, and the served model's
 performance once labels arrive, with a check that fails on decay."""
 
-from __future__ import annotations
-
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

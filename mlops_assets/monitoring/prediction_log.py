@@ -111,7 +111,7 @@ def _parse_line(line: str) -> dict | None:
         return None
     if not isinstance(obj.get("request_id"), str) or not isinstance(obj.get("ts"), str):
         return None
-    if not isinstance(obj.get("score"), (int, float)):
+    if not isinstance(obj.get("score"), (int, float)) or obj.get("prediction") not in (0, 1):
         return None
     record = {name: obj.get(name) for name in META_COLUMNS}
     record.update({k: v for k, v in obj["features"].items() if k not in record})

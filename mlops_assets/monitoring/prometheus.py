@@ -73,8 +73,10 @@ def write_targets_file(path: Path, targets: Iterable[str], labels: dict[str, str
     """Write a one-group file-SD JSON atomically (Prometheus may read it at any moment)."""
     groups = [{"targets": list(targets), "labels": dict(labels or {})}]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(groups, indent=2))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(groups, handle, indent=2)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 
@@ -97,18 +99,20 @@ def render_config(settings: Settings, *, interval: str | None = None,
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     else:
         config.pop("alerting", None)
-    config["scrape_configs"] = [_render_job(job, settings, ingress_target, interval)
-                                for job in config["scrape_configs"]
-                                if job["job_name"] != INGRESS_JOB or ingress_target]
-    # The self-scrape points at the committed default port, not at this server's; drop it.
-    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "prometheus"]
+    jobs = [job for job in config["scrape_configs"] if _keep_job(job["job_name"], ingress_target)]
+    config["scrape_configs"] = [_render_job(job, settings, ingress_target, interval) for job in jobs]
     return config
+
+
+def _keep_job(name: str, ingress_target: str | None) -> bool:
+    # The committed self-scrape names the default port, not the port this server will get.
+    return name != "prometheus" and (name != INGRESS_JOB or bool(ingress_target))
 
 
 def _render_job(job: dict[str, Any], settings: Settings, ingress_target: str | None,
                 interval: str | None) -> dict[str, Any]:
     if job["job_name"] == SERVING_JOB:
-        sd = {"files": [str(targets_file(settings))]}
+        sd: dict[str, Any] = {"files": [str(targets_file(settings))]}
         if interval:
             sd["refresh_interval"] = interval
         job["file_sd_configs"] = [sd]
@@ -204,7 +208,7 @@ def start_prometheus(config_path: Path, *, port: int | None = None, storage_dir:
 
 def _spawn(binary: Path, config_path: Path, port: int, storage_dir: Path | None) -> PrometheusServer:
     owns_storage = storage_dir is None
-    storage = Path(tempfile.mkdtemp(prefix="mlops-prometheus-")) if owns_storage else storage_dir
+    storage = storage_dir or Path(tempfile.mkdtemp(prefix="mlops-prometheus-"))
     storage.mkdir(parents=True, exist_ok=True)
     log_path = storage / "prometheus.log"
     # Log to a file, not a pipe: nobody drains a pipe and a full one would stall the server.

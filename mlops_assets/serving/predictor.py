@@ -19,8 +19,10 @@ from kserve import Model
 from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from mlops_assets.serving.metrics import ServerMetrics
+from mlops_assets.serving.server import request_revision
 from mlops_assets.serving.validation import (
-    INTEGER, STRING, FeatureSchema, InvalidRequest, check_feature_rows, check_instances,
+    INTEGER, STRING, FeatureSchema, InvalidRequest, check_decoded, check_feature_rows, check_instances,
     columns_from_v2_inputs, rows_to_columns,
 )
 from mlops_assets.settings import Settings
@@ -38,6 +40,7 @@ class Batch:
     columns: dict[str, list]
     size: int
     protocol: str  # "v1" | "v2"
+    revision: str
     request_id: str | None = None
 
 
@@ -148,15 +151,16 @@ def compile_linear_scorer(pipeline, schema: FeatureSchema) -> Callable[[dict], n
 
 class ChurnPredictor(Model):
     def __init__(self, name: str, settings: Settings, model_version: str | None = None,
-                 max_instances: int = 1000):
+                 metrics: ServerMetrics | None = None, revision: str = "stable", max_instances: int = 1000):
         super().__init__(name)
         self.settings = settings
+        self.metrics = metrics or ServerMetrics(name, "predictor")
+        self.revision = revision
         self.requested_version = model_version
         self.max_instances = max_instances
         self.model: LoadedModel | None = None
         self.load_error: str | None = None
         self._score: Callable[[dict], np.ndarray] | None = None
-        self._explainer = None
 
     @property
     def model_version(self) -> str | None:
@@ -202,54 +206,66 @@ class ChurnPredictor(Model):
     async def preprocess(self, payload: Any, headers: dict | None = None) -> Batch:
         self._require_ready()
         request_id = (headers or {}).get("x-request-id")
+        revision = request_revision(headers, self.revision)
         schema = self.model.schema
         if isinstance(payload, InferRequest):
             columns = columns_from_v2_inputs(payload.inputs, schema)
-            return Batch(columns, len(columns[schema.names[0]]), "v2", payload.id or request_id)
-        rows = check_feature_rows(check_instances(payload, self.max_instances), schema)
-        return Batch(rows_to_columns(rows, schema.names), len(rows), "v1", request_id)
+            return Batch(columns, len(columns[schema.names[0]]), "v2", revision, payload.id or request_id)
+        rows = check_feature_rows(check_instances(check_decoded(payload, headers), self.max_instances), schema)
+        return Batch(rows_to_columns(rows, schema.names), len(rows), "v1", revision, request_id)
 
     def predict(self, batch: Batch, headers: dict | None = None) -> dict | InferResponse:
-        scores = self._score(batch.columns)
-        classes = (scores >= 0.5).astype(np.int64)
+        score_array = self._score(batch.columns)
+        scores, classes = score_array.tolist(), (score_array >= 0.5).astype(np.int64).tolist()
+        self.metrics.observe_predictions(batch.revision, scores, classes)
         if batch.protocol == "v2":
-            outputs = [InferOutput("score", [batch.size], "FP64", data=scores.tolist()),
-                       InferOutput("prediction", [batch.size], "INT64", data=classes.tolist())]
+            outputs = [InferOutput("score", [batch.size], "FP64", data=scores),
+                       InferOutput("prediction", [batch.size], "INT64", data=classes)]
             return InferResponse(batch.request_id or "", self.name, outputs, model_version=self.model_version)
-        return {"predictions": scores.tolist(), "classes": classes.tolist(),
+        return {"predictions": scores, "classes": classes,
                 "model_name": self.name, "model_version": self.model_version}
 
     def explain(self, batch: Batch, headers: dict | None = None) -> dict:
         """Per-row SHAP values (probability scale) against the run's logged background rows."""
         if batch.size > MAX_EXPLAIN_ROWS:
             raise InvalidRequest(f"explain takes at most {MAX_EXPLAIN_ROWS} rows, got {batch.size}", status=413)
-        explainer = self._shap_explainer()
-        frame = columns_to_frame(batch.columns, self.model.schema)
+        if self.model.background is None:
+            raise InvalidRequest("this model version has no explain/background.parquet; "
+                                 "explanations are unavailable", status=409)
+        rows = columns_to_frame(batch.columns, self.model.schema)
         started = time.perf_counter()
-        result = explainer(frame)
+        values, base_values = shap_values(self.model.pipeline, self.model.background, rows, self.model.schema)
         log.info("explained %d rows in %.0f ms", batch.size, (time.perf_counter() - started) * 1000)
+        scores = self._score(batch.columns).tolist()
         names = list(self.model.schema.names)
         return {"model_name": self.name, "model_version": self.model_version,
-                "explanations": [
-                    {"base_value": float(np.ravel(result.base_values)[i]),
-                     "score": float(self._score(rows_to_columns([frame.iloc[i].to_dict()], names))[0]),
-                     "shap_values": dict(zip(names, map(float, result.values[i])))}
-                    for i in range(batch.size)]}
+                "explanations": [{"score": scores[i], "base_value": base_values[i],
+                                  "shap_values": dict(zip(names, values[i]))} for i in range(batch.size)]}
 
-    def _shap_explainer(self):
-        if self._explainer is None:
-            if self.model.background is None:
-                raise InvalidRequest("this model version has no explain/background.parquet; "
-                                     "explanations are unavailable", status=409)
-            import shap
 
-            schema, pipeline = self.model.schema, self.model.pipeline
-            background = self.model.background[list(schema.names)]
+def shap_values(pipeline, background: pd.DataFrame, rows: pd.DataFrame, schema: FeatureSchema
+                ) -> tuple[list[list[float]], list[float]]:
+    """Permutation SHAP of the churn score on raw features; string features are masked as integer
+    codes (shap's tabular masker compares values numerically) and decoded before scoring."""
+    import shap
 
-            def churn_score(values) -> np.ndarray:
-                frame = pd.DataFrame(values, columns=list(schema.names)).astype(background.dtypes.to_dict())
-                return pipeline.predict_proba(frame)[:, 1]
+    names = list(schema.names)
+    combined = pd.concat([background[names], rows[names]], ignore_index=True)
+    categories = {name: pd.Index(combined[name].unique()) for name in names if schema.kinds[name] == STRING}
+    codes = combined.copy()
+    for name, index in categories.items():
+        codes[name] = index.get_indexer(combined[name])
+    codes = codes.astype("float64")
+    dtypes = rows[names].dtypes.to_dict()
 
-            self._explainer = shap.explainers.Permutation(churn_score, shap.maskers.Independent(background),
-                                                          feature_names=list(schema.names), seed=0)
-        return self._explainer
+    def churn_score(matrix: np.ndarray) -> np.ndarray:
+        frame = pd.DataFrame(matrix, columns=names)
+        for name, index in categories.items():
+            frame[name] = index[frame[name].to_numpy().astype(int)]
+        return pipeline.predict_proba(frame.astype(dtypes))[:, 1]
+
+    n_background = len(background)
+    explainer = shap.explainers.Permutation(churn_score, shap.maskers.Independent(codes.iloc[:n_background]),
+                                            feature_names=names, seed=0)
+    result = explainer(codes.iloc[n_background:].to_numpy())
+    return result.values.tolist(), np.ravel(result.base_values).astype(float).tolist()

@@ -22,14 +22,11 @@ from kserve.protocol.infer_type import InferRequest
 from mlops_assets.features.store import FeatureStoreClient
 from mlops_assets.serving.metrics import ServerMetrics
 from mlops_assets.serving.prediction_log import PredictionLog
+from mlops_assets.serving.server import REVISION_HEADER, request_revision
 from mlops_assets.serving.validation import (
-    FeatureSchema, InvalidRequest, ServingError, check_entity_id, check_feature_row, check_instances,
+    FeatureSchema, InvalidRequest, ServingError, check_decoded, check_entity_id, check_feature_row, check_instances,
 )
 from mlops_assets.settings import Settings
-
-REVISION_HEADER = "x-mlops-revision"
-REVISIONS = ("stable", "canary")
-
 
 class PredictorUnavailable(ServingError):
     """The predictor could not be reached or failed; the ingress may retry another revision."""
@@ -48,12 +45,6 @@ class PendingRequest:
 
 
 _pending: contextvars.ContextVar[PendingRequest] = contextvars.ContextVar("pending_request")
-
-
-def request_revision(headers: dict | None, default: str) -> str:
-    """The ingress names the revision a request was routed to; direct calls use the process flag."""
-    value = (headers or {}).get(REVISION_HEADER)
-    return value if value in REVISIONS else default
 
 
 class ChurnTransformer(Model):
@@ -80,7 +71,7 @@ class ChurnTransformer(Model):
         if isinstance(payload, InferRequest):
             raise InvalidRequest(f"the transformer speaks the V1 protocol: POST {{\"instances\": [...]}} "
                                  f"to /v1/models/{self.name}:predict")
-        instances = check_instances(payload, self.max_instances)
+        instances = check_instances(check_decoded(payload, headers), self.max_instances)
         headers = headers if headers is not None else {}
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         headers["x-request-id"] = request_id
@@ -132,19 +123,25 @@ class ChurnTransformer(Model):
                 REVISION_HEADER: request_revision(headers, self.revision)}
 
     async def predict(self, payload: dict, headers: dict | None = None, response_headers=None) -> dict:
-        return await self._call_predictor(self._http_client.infer(
+        return await self._call_predictor(lambda: self._http_client.infer(
             self.predictor_config.predictor_base_url, data=payload, model_name=self.name,
             headers=self._forward_headers(headers)))
 
     async def explain(self, payload: dict, headers: dict | None = None) -> dict:
-        return await self._call_predictor(self._http_client.explain(
+        return await self._call_predictor(lambda: self._http_client.explain(
             self.predictor_config.predictor_base_url, model_name=self.name, data=payload,
             headers=self._forward_headers(headers)))
 
     async def _call_predictor(self, call) -> dict:
-        """Predictor 4xx stay 4xx with the predictor's message; anything else is a 503."""
+        """Predictor 4xx stay 4xx with the predictor's message; anything else is a 503.
+
+        One retry on a broken connection: a pooled keep-alive connection may have been closed by
+        the predictor (restart, idle timeout), and predictions are side-effect free."""
         try:
-            return await call
+            try:
+                return await call()
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                return await call()
         except httpx.HTTPStatusError as exc:
             status, message = exc.response.status_code, _error_message(exc.response)
             if 400 <= status < 500:

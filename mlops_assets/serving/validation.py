@@ -16,6 +16,8 @@ MAX_STRING_LENGTH = 256
 DEFAULT_MAX_INSTANCES = 1000
 
 NUMBER, INTEGER, STRING = "number", "integer", "string"
+_INTS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+V2_DATATYPES = {NUMBER: _INTS | {"FP16", "FP32", "FP64"}, INTEGER: _INTS | {"FP32", "FP64"}, STRING: {"BYTES"}}
 
 
 class ServingError(Exception):
@@ -94,6 +96,15 @@ def check_cell(value: Any, kind: str, where: str) -> Any:
     return value
 
 
+def check_decoded(payload: Any, headers: Mapping[str, str] | None) -> Any:
+    """KServe hands over raw bytes when the content type is not JSON: refuse them by name."""
+    if isinstance(payload, (bytes, bytearray, str)):
+        content_type = (headers or {}).get("content-type", "none")
+        raise InvalidRequest(f"request body must be JSON sent as 'Content-Type: application/json', "
+                             f"got content type '{content_type}'", status=415)
+    return payload
+
+
 def check_instances(body: Any, max_instances: int = DEFAULT_MAX_INSTANCES) -> list:
     """The V1 envelope: a JSON object whose only key is a non-empty ``instances`` list."""
     if not isinstance(body, dict):
@@ -162,6 +173,9 @@ def columns_from_v2_inputs(inputs: Sequence[Any], schema: FeatureSchema) -> dict
     columns, length = {}, None
     for name in schema.names:
         tensor = by_name[name]
+        expected = V2_DATATYPES[schema.kinds[name]]
+        if tensor.datatype not in expected:
+            raise InvalidRequest(f"input '{name}' has datatype {tensor.datatype}; expected one of {sorted(expected)}")
         values = _flat_tensor_values(tensor)
         shape = list(tensor.shape or [])
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or math.prod(shape) != len(values):

@@ -1,0 +1,265 @@
+"""Serving benchmark: a bare kserve.ModelServer (baseline) vs our predictor vs the full path.
+
+    .venv/bin/python benchmarks/serving_benchmark.py [--requests 5000] [--concurrency 8] [--home DIR]
+
+Without ``--home`` it prepares a throw-away MLOPS_HOME (churn data in Feast, a registered
+@champion) with the serving tests' fixture code. Three targets, started in this run:
+(a) baseline: a bare ``kserve.ModelServer`` with the same scikit-learn model (benchmarks/bare_kserve_server.py);
+(b) predictor: ``python -m mlops_assets.serving --role predictor``;
+(c) full path: local ingress -> transformer (Feast online lookup) -> predictor.
+Each gets N requests at concurrency C (closed loop), then a fixed-rate run at 100 requests/s
+(open loop: latency counted from the scheduled send time). The load generator is a minimal
+keep-alive HTTP/1.1 client, so it costs the shared 2 cores as little as possible.
+Results: printed table and benchmarks/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
+sys.path.insert(0, str(ROOT))
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending POSTs with a JSON body (Content-Length answers only)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str):
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> "Connection":
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def post(self, path: str, body: bytes) -> int:
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(line.split(b":")[1]) for line in lines[1:] if line.lower().startswith(b"content-length"))
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def closed_loop(port: int, path: str, bodies: list[bytes], n: int, concurrency: int) -> dict:
+    latencies, failures = [], 0
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal failures
+        connection = await Connection.open("127.0.0.1", port)
+        for i in counter:
+            started = time.perf_counter()
+            status = await connection.post(path, bodies[i % len(bodies)])
+            latencies.append(time.perf_counter() - started)
+            failures += status != 200
+        connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarize(latencies, failures, time.perf_counter() - started)
+
+
+async def fixed_rate(port: int, path: str, bodies: list[bytes], rate: float, seconds: float) -> dict:
+    """Open loop: request i is due at start + i / rate; latency counts from when it was due."""
+    idle: list[Connection] = []
+    latencies, failures = [], 0
+
+    async def one(i: int, due: float) -> None:
+        nonlocal failures
+        connection = idle.pop() if idle else await Connection.open("127.0.0.1", port)
+        status = await connection.post(path, bodies[i % len(bodies)])
+        latencies.append(time.perf_counter() - due)
+        failures += status != 200
+        idle.append(connection)
+
+    tasks, start = [], time.perf_counter() + 0.05
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(one(i, due)))
+    await asyncio.gather(*tasks)
+    for connection in idle:
+        connection.close()
+    return summarize(latencies, failures, time.perf_counter() - start)
+
+
+def summarize(latencies: list[float], failures: int, elapsed: float) -> dict:
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), "failures": failures, "requests_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def free_port() -> int:
+    from mlops_assets.serving.ingress import free_port as pick
+
+    return pick()
+
+
+def start_server(argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+
+
+def prepare_home(home: Path):
+    """A fresh MLOPS_HOME with data in Feast and a registered @champion (the serving tests' fixture)."""
+    sys.path.insert(0, str(ROOT / "tests" / "serving"))
+    from conftest import build_world
+
+    return build_world(home).settings
+
+
+def run(args) -> dict:
+    from mlops_assets.serving.backend_local import LocalServingBackend
+    from mlops_assets.settings import get_settings
+
+    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    os.environ["MLOPS_HOME"] = str(home)
+    settings = prepare_home(home) if not args.home else get_settings()
+    spec = settings.dataset_spec()
+    env = {**settings.env_for_subprocess(), "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    version = champion_version(settings)
+    rows = feature_rows(settings, spec)
+    row_bodies = [json.dumps({"instances": [row]}).encode() for row in rows]
+    entity_bodies = [json.dumps({"instances": [{spec.entity: int(row_id)}]}).encode()
+                     for row_id in entity_ids(settings, spec)]
+    log_dir = settings.logs_dir / "benchmark"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = f"/v1/models/{settings.model_name}:predict"
+    results: dict = {}
+
+    servers = {
+        "baseline": [sys.executable, str(ROOT / "benchmarks" / "bare_kserve_server.py"),
+                     "--model_uri", f"models:/{settings.model_name}/{version}", "--model_name", settings.model_name],
+        "predictor": [sys.executable, "-m", "mlops_assets.serving", "--role", "predictor",
+                      "--model_name", settings.model_name, "--model_version", version],
+    }
+    for name, argv in servers.items():
+        port = free_port()
+        process = start_server(argv + ["--http_port", str(port)], env, log_dir / f"{name}.log")
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/v1/models/{settings.model_name}", process)
+            results[name] = measure(port, path, row_bodies, args)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    backend = LocalServingBackend(settings)
+    try:
+        state = backend.deploy(version)
+        port = int(state["endpoint"].rsplit(":", 1)[1])
+        results["full_path"] = measure(port, path, entity_bodies, args)
+    finally:
+        backend.stop()
+    return report(results, args, version)
+
+
+def measure(port: int, path: str, bodies: list[bytes], args) -> dict:
+    asyncio.run(closed_loop(port, path, bodies, min(500, args.requests), args.concurrency))  # warm-up
+    return {"closed_loop": asyncio.run(closed_loop(port, path, bodies, args.requests, args.concurrency)),
+            "fixed_rate_100": asyncio.run(fixed_rate(port, path, bodies, args.rate, args.seconds))}
+
+
+def champion_version(settings) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return str(mlflow.MlflowClient().get_model_version_by_alias(settings.model_name, "champion").version)
+
+
+def feature_rows(settings, spec) -> list[dict]:
+    import pandas as pd
+
+    frame = pd.read_parquet(settings.feast_offline_path, columns=list(spec.features)).head(200)
+    return frame.to_dict("records")
+
+
+def entity_ids(settings, spec) -> list[int]:
+    import pandas as pd
+
+    ids = pd.read_parquet(settings.feast_offline_path, columns=[spec.entity])[spec.entity]
+    return ids.drop_duplicates().head(1000).tolist()
+
+
+def report(results: dict, args, version: str) -> dict:
+    base = results["baseline"]["closed_loop"]
+    for name, result in results.items():
+        loop = result["closed_loop"]
+        result["throughput_ratio_to_baseline"] = round(loop["requests_per_s"] / base["requests_per_s"], 2)
+        result["p99_ratio_to_baseline"] = round(loop["p99_ms"] / base["p99_ms"], 2)
+    predictor, full = results["predictor"], results["full_path"]
+    targets = {
+        "predictor_throughput_at_least_1.2x_baseline": predictor["throughput_ratio_to_baseline"] >= 1.2,
+        "predictor_p99_no_worse_than_baseline": predictor["closed_loop"]["p99_ms"] <= base["p99_ms"],
+        "full_path_p99_at_100_rps_within_10ms": full["fixed_rate_100"]["p99_ms"] <= 10.0,
+    }
+    output = {"requests": args.requests, "concurrency": args.concurrency, "fixed_rate_per_s": args.rate,
+              "fixed_rate_seconds": args.seconds, "model_version": version, "cpu_count": os.cpu_count(),
+              "python": platform.python_version(), "results": results, "targets_met": targets}
+    print_table(output)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(output, indent=2))
+    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    return output
+
+
+def print_table(output: dict) -> None:
+    print(f"\n{output['requests']} requests at concurrency {output['concurrency']}; fixed rate "
+          f"{output['fixed_rate_per_s']:.0f}/s for {output['fixed_rate_seconds']:.0f} s")
+    print(f"{'target':<11} {'req/s':>8} {'x base':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'fails':>6} | {'@100/s p50':>10} {'p99':>7}")
+    for name, result in output["results"].items():
+        loop, rate = result["closed_loop"], result["fixed_rate_100"]
+        print(f"{name:<11} {loop['requests_per_s']:>8.0f} {result['throughput_ratio_to_baseline']:>7.2f} "
+              f"{loop['p50_ms']:>7.2f} {loop['p95_ms']:>7.2f} {loop['p99_ms']:>7.2f} "
+              f"{loop['failures'] + rate['failures']:>6} | {rate['p50_ms']:>10.2f} {rate['p99_ms']:>7.2f}")
+    for target, met in output["targets_met"].items():
+        print(f"  {'met' if met else 'MISSED'}: {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--home", help="existing MLOPS_HOME with a @champion and a materialized store")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

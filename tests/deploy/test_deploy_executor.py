@@ -1,0 +1,41 @@
+"""The Kubernetes Job dagster-k8s builds for the deploy step carries what settings say."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from mlops_assets.deployment import k8s
+from mlops_assets.settings import get_settings
+
+K8S_ENV = {"MLOPS_PROFILE": "k8s", "MLOPS_S3_BUCKET": "bucket", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+           "MLOPS_K8S_NAMESPACE": "ml-prod", "MLOPS_IMAGE": "registry.example/mlops-assets:1.2.3",
+           "MLOPS_K8S_SERVICE_ACCOUNT": "deployer-sa"}
+
+
+def test_deploy_step_job_has_image_service_account_namespace_and_resources_from_settings():
+    settings = get_settings(K8S_ENV)
+    job = k8s.deploy_step_job(settings, run_id="0f1e2d3c-run", step_key="inference_service")
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+    assert job["kind"] == "Job" and job["metadata"]["namespace"] == "ml-prod"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/mlops-assets:1.2.3"
+    assert pod["serviceAccountName"] == "deployer-sa"
+    assert container["resources"] == k8s.DEPLOY_STEP_RESOURCES
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLOPS_PROFILE"] == "k8s" and env["MLOPS_K8S_NAMESPACE"] == "ml-prod"
+    assert job["metadata"]["labels"]["dagster/op"] == "inference_service"
+
+
+def test_executor_config_is_accepted_by_k8s_job_executor_schema():
+    resolved = k8s.resolved_executor_config(get_settings(K8S_ENV))
+    assert resolved["job_image"] == "registry.example/mlops-assets:1.2.3"
+    assert resolved["job_namespace"] == "ml-prod"
+    assert resolved["service_account_name"] == "deployer-sa"
+    assert resolved["resources"] == k8s.DEPLOY_STEP_RESOURCES
+
+
+def test_executor_needs_an_image():
+    with pytest.raises(k8s.DeploymentError, match="MLOPS_IMAGE"):
+        k8s.deploy_executor_config(get_settings({}))
