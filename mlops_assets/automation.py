@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import dagster as dg
+import yaml
 
 from mlops_assets.settings import get_settings
 
-RETRAIN_ASSETS = ("training_set", "holdout_set", "candidate_model", "model_explanations",
+# A retrain starts from the data: the dataset picks up the labelled production traffic.
+RETRAIN_ASSETS = ("dataset", "feature_table", "feature_store", "training_set", "holdout_set", "candidate_model", "model_explanations",
                   "champion_model", "inference_service")
 DRIFT_REPORT = dg.AssetKey("drift_report")
 MODEL_PERFORMANCE = dg.AssetKey("model_performance")
@@ -90,8 +92,16 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
     cursor.update(last_report_id=report_id, last_trigger_time=time.time())
     tags = {"mlops/trigger": trigger, f"mlops/{asset_key.path[-1]}_id": str(report_id),
             "mlops/reason": decision.reason[:200], **decision.tags}
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=str(report_id), tags=tags)],
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=str(report_id), tags=tags,
+                                                          run_config=retrain_run_config())],
                            cursor=json.dumps(cursor))
+
+
+def retrain_run_config() -> dict:
+    """Run config for automatic retrains, from ``$MLOPS_HOME/retrain.yaml`` if present
+    (e.g. another model type, or a tolerance for the gate)."""
+    path = get_settings().home / "retrain.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def default_status() -> dg.DefaultSensorStatus:

@@ -6,6 +6,7 @@ import pandas as pd
 from mlops_assets.settings import Settings
 
 from .generator import SCENARIOS, generate_churn
+from .feedback import labelled_feedback
 from .load import read_source
 from .schema import validate_dataset
 from .spec import DatasetSpecError
@@ -18,6 +19,7 @@ class DatasetConfig(dg.Config):
     rows: int = 10_000
     seed: int = 7
     scenario: str = "baseline"
+    include_feedback: bool = True  # append labelled production traffic from the prediction log
 
 
 def build_table(config: DatasetConfig, settings: Settings) -> tuple[pd.DataFrame, str]:
@@ -39,6 +41,12 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig,
             versioner: dg.ResourceParam[DataVersioner]) -> dg.Output[pd.DataFrame]:
     try:
         frame, origin = build_table(config, settings)
+        feedback = {}
+        if config.include_feedback:
+            extra, feedback = labelled_feedback(settings, settings.dataset_spec())
+            if len(extra):
+                frame = pd.concat([frame, extra], ignore_index=True)
+                origin += f" + {len(extra):,} labelled production rows"
         context.log.info(f"writing {len(frame):,} rows from {origin} and pushing to {versioner.remote}")
         version = versioner.commit_table(frame, "dataset", message=f"dataset from {origin}")
     except (DatasetSpecError, DataVersionError) as exc:

@@ -1,0 +1,70 @@
+"""Deployment layer: the champion rolled out through a canary (`inference_service`) and offline
+scoring with the same feature definitions (`batch_predictions`)."""
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from mlops_assets.data.versioning import DataVersioner
+from mlops_assets.features.store import FeatureStoreClient
+from mlops_assets.registry.client import CHAMPION, ModelRegistry
+from mlops_assets.settings import Settings
+
+from .rollout import RolloutFailed, roll_out, serving_health
+
+
+class RolloutConfig(dg.Config):
+    canary_percent: int = 20
+    smoke_requests: int = 50
+    max_error_rate: float = 0.0
+    max_p99_ms: float = 250.0
+
+
+@dg.asset(group_name="deployment", code_version="1",
+          description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back).")
+def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
+                      settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry],
+                      champion_model: dict) -> dg.Output[dict]:
+    try:
+        result = roll_out(settings, champion_model["version"], config, log=context.log.info)
+    except RolloutFailed as failed:
+        restored = registry.rollback(dagster_run_id=context.run.run_id,
+                                     reason=f"canary of v{champion_model['version']} failed: {failed}") \
+            if registry.version_of("previous") else []
+        raise dg.Failure(description=f"rollout of v{champion_model['version']} rolled back: {failed}",
+                         metadata={"smoke_test": dg.MetadataValue.json(failed.smoke),
+                                   "champion_restored_to": restored[0].to_version if restored else "none"}) from failed
+    return dg.Output(result, data_version=dg.DataVersion(f"v{result['model_version']}"), metadata={
+        "endpoint": dg.MetadataValue.url(result["endpoint"]) if result.get("endpoint") else "none",
+        "revision": result["revision"], "model_version": result["model_version"], "action": result["action"],
+        "smoke_test": dg.MetadataValue.json(result["smoke"]),
+    })
+
+
+@dg.asset_check(asset=inference_service, description="The endpoint answers and serves the champion.")
+def serving_healthy(settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry]
+                    ) -> dg.AssetCheckResult:
+    health = serving_health(settings, registry.version_of(CHAMPION))
+    return dg.AssetCheckResult(passed=health["healthy"], description=health["summary"],
+                               metadata={"health": dg.MetadataValue.json(health)})
+
+
+@dg.asset(group_name="deployment", code_version="1", deps=["feature_store"],
+          description="Every entity's latest snapshot scored by @champion via offline retrieval; DVC-versioned Parquet.")
+def batch_predictions(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings],
+                      features: dg.ResourceParam[FeatureStoreClient], registry: dg.ResourceParam[ModelRegistry],
+                      versioner: dg.ResourceParam[DataVersioner], dataset: pd.DataFrame,
+                      champion_model: dict) -> dg.Output[dict]:
+    spec = settings.dataset_spec()
+    version = registry.version_of(CHAMPION) or champion_model["version"]
+    latest = dataset.sort_values(spec.timestamp).groupby(spec.entity, as_index=False).tail(1)
+    frame = features.historical_features(latest[[spec.entity, spec.timestamp]])
+    scores = registry.load_model(version).predict_proba(frame[spec.features])[:, 1]
+    table = pd.DataFrame({spec.entity: frame[spec.entity].to_numpy(), spec.timestamp: frame[spec.timestamp].to_numpy(),
+                          "score": scores, "prediction": (scores >= 0.5).astype(int), "model_version": str(version)})
+    recorded = versioner.commit_table(table, "batch_predictions", message=f"batch scores by {registry.name}/{version}")
+    context.log.info(f"scored {len(table):,} entities with v{version}")
+    summary: dict[str, Any] = {"rows": len(table), "model_version": str(version), "md5": recorded.md5,
+                               "path": str(versioner.root / recorded.path), "positive_rate": float(table.prediction.mean())}
+    return dg.Output(summary, data_version=dg.DataVersion(recorded.md5), metadata={**summary, "dvc_tag": recorded.tag})
