@@ -132,8 +132,9 @@ def build_performance_sensor(cooldown_minutes: float = DEFAULT_COOLDOWN_MINUTES)
     return performance_sensor
 
 
-drift_sensor = build_drift_sensor()
-performance_sensor = build_performance_sensor()
+_settings = get_settings()
+drift_sensor = build_drift_sensor(_settings.drift_threshold, _settings.retrain_cooldown_minutes)
+performance_sensor = build_performance_sensor(_settings.retrain_cooldown_minutes)
 
 drift_check_schedule = dg.ScheduleDefinition(
     name="hourly_drift_check", job=drift_check_job, cron_schedule="0 * * * *",

@@ -18,11 +18,20 @@ LAYERS = (data_assets, feature_assets, training_assets, registry_assets, deploym
           monitoring_assets, drift_assets)
 
 
+def profile_jobs(settings: Settings) -> list:
+    """Jobs only a profile has: in ``k8s``, the deploy job on ``k8s_job_executor``."""
+    if settings.profile == "k8s":
+        from mlops_assets.deployment.k8s import deploy_job
+
+        return [deploy_job(settings)]
+    return []
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
-        jobs=[*automation.JOBS, registry_assets.rollback],
+        jobs=[*automation.JOBS, registry_assets.rollback, *profile_jobs(settings)],
         sensors=automation.SENSORS,
         schedules=automation.SCHEDULES,
         resources=build_resources(settings),

@@ -22,6 +22,12 @@ K8S_REQUIRED = {
     "MLOPS_IMAGE": "container image of this code location and the serving classes",
 }
 
+# How the deploy step reaches the cluster (k8s profile): ``apply`` through the Kubernetes API, or
+# ``gitops``: write + commit the release for Argo CD.
+DEPLOY_MODES = ("apply", "gitops")
+IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it."""
@@ -41,6 +47,17 @@ class Settings:
     service_account: str = "mlops-deployer"
     redis_connection: str = "redis:6379"
     dataset_config: str | None = None
+    drift_threshold: float = 0.3  # share of drifted columns that triggers a retrain
+    retrain_cooldown_minutes: float = 10.0  # against retraining storms
+    # --- the deploy step in the k8s profile ---
+    k8s_api_url: str = "https://kubernetes.default.svc"
+    k8s_token_file: str = IN_CLUSTER_TOKEN_FILE
+    k8s_ca_file: str = IN_CLUSTER_CA_FILE
+    deploy_mode: str = "apply"
+    gitops_path: Path | None = None
+    gitops_remote: str | None = None
+    ready_timeout_s: float = 600.0
+    ready_poll_s: float = 5.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
@@ -121,11 +138,26 @@ class Settings:
                      self.serving_dir, self.reports_dir, self.io_manager_dir):
             path.mkdir(parents=True, exist_ok=True)
 
+    def s3_client_env(self) -> dict[str, str]:
+        """What libraries that read S3 settings from the environment need (MLflow's artifact store,
+        boto3/s3fs through ``AWS_ENDPOINT_URL_S3``): the endpoint of an S3-compatible server, if set."""
+        if not self.s3_endpoint_url:
+            return {}
+        return {"MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint_url, "AWS_ENDPOINT_URL_S3": self.s3_endpoint_url}
+
+    def export_s3_env(self) -> None:
+        """Make in-process readers of the environment (MLflow's S3 artifact repository) see
+        :meth:`s3_client_env`; values the operator set explicitly are kept."""
+        for name, value in self.s3_client_env().items():
+            os.environ.setdefault(name, value)
+
     def env_for_subprocess(self) -> dict[str, str]:
         """Environment that makes a child process (server, daemon) resolve the same settings."""
         env = dict(os.environ)
         env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
                     "DAGSTER_HOME": str(self.dagster_home)})
+        for name, value in self.s3_client_env().items():
+            env.setdefault(name, value)
         return env
 
 
@@ -134,16 +166,40 @@ def _resolve_home(env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default)
+    if not value > 0:
+        raise SettingsError(f"{name}={env.get(name)!r} must be a number of seconds greater than 0")
+    return value
+
+
 def get_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings from the environment (or the mapping given, for tests)."""
     env = os.environ if env is None else env
     profile = env.get("MLOPS_PROFILE", "local").strip() or "local"
     if profile not in PROFILES:
         raise SettingsError(f"MLOPS_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+    deploy_mode = env.get("MLOPS_DEPLOY_MODE", "apply").strip() or "apply"
+    if deploy_mode not in DEPLOY_MODES:
+        raise SettingsError(f"MLOPS_DEPLOY_MODE={deploy_mode!r} is not one of {', '.join(DEPLOY_MODES)}")
     if profile == "k8s":
-        missing = [f"{name} ({why})" for name, why in K8S_REQUIRED.items() if not env.get(name)]
+        required = dict(K8S_REQUIRED)
+        if deploy_mode == "gitops":
+            required["MLOPS_GITOPS_PATH"] = "release file in a git checkout that Argo CD syncs (gitops mode)"
+        missing = [f"{name} ({why})" for name, why in required.items() if not env.get(name)]
         if missing:
             raise SettingsError("the k8s profile needs these settings: " + "; ".join(missing))
+    gitops_path = env.get("MLOPS_GITOPS_PATH")
     return Settings(
         profile=profile,
         home=_resolve_home(env),
@@ -156,4 +212,14 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         service_account=env.get("MLOPS_K8S_SERVICE_ACCOUNT", "mlops-deployer"),
         redis_connection=env.get("MLOPS_REDIS", "redis:6379"),
         dataset_config=env.get("MLOPS_DATASET_CONFIG") or None,
+        drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.3),
+        retrain_cooldown_minutes=_number(env, "MLOPS_RETRAIN_COOLDOWN_MINUTES", 10.0),
+        k8s_api_url=env.get("MLOPS_K8S_API") or "https://kubernetes.default.svc",
+        k8s_token_file=env.get("MLOPS_K8S_TOKEN_FILE") or IN_CLUSTER_TOKEN_FILE,
+        k8s_ca_file=env.get("MLOPS_K8S_CA_FILE") or IN_CLUSTER_CA_FILE,
+        deploy_mode=deploy_mode,
+        gitops_path=Path(gitops_path).expanduser().resolve() if gitops_path else None,
+        gitops_remote=env.get("MLOPS_GITOPS_REMOTE") or None,
+        ready_timeout_s=_seconds(env, "MLOPS_READY_TIMEOUT_S", 600.0),
+        ready_poll_s=_seconds(env, "MLOPS_READY_POLL_S", 5.0),
     )

@@ -4,7 +4,8 @@ Each customer has monthly snapshots; the label says whether the customer churned
 after the snapshot. Scenarios shift the world the way production shifts:
 
 - ``baseline``: the world the first model is trained on;
-- ``price_rise``: covariate shift, monthly charges rise by about a third (churn rises with them);
+- ``price_rise``: covariate shift (monthly charges rise by about a third, support calls rise) that
+  also makes customers more price-sensitive, so a model trained before it under-predicts churn;
 - ``concept_shift``: the label's relation to the features changes (support calls stop mattering,
   long tenure stops protecting, fibre customers churn).
 """
@@ -52,7 +53,7 @@ def generate_churn(n_rows: int, seed: int = 7, scenario: str = "baseline",
     monthly = base_price + rng.normal(10, 8, n_rows).clip(-15, 40)
     if scenario == "price_rise":
         monthly = monthly * 1.35 + 5
-    support = rng.poisson(1.2 + 0.8 * (internet == "fiber"), n_rows)
+    support = rng.poisson(1.2 + 0.8 * (internet == "fiber") + 0.8 * (scenario == "price_rise"), n_rows)
     usage = rng.lognormal(2.5 + 0.5 * (internet == "fiber"), 0.6, n_rows) * (internet != "none")
     products = rng.integers(1, 5, n_rows)
     total = monthly * np.maximum(tenure, 1) * rng.uniform(0.9, 1.05, n_rows)
@@ -60,6 +61,8 @@ def generate_churn(n_rows: int, seed: int = 7, scenario: str = "baseline",
     logit = (-1.2 + 1.3 * (contract == "month-to-month") - 0.9 * (contract == "two_year")
              - 0.045 * tenure + 0.035 * (monthly - 70) + 0.45 * support - 0.25 * products
              + 0.5 * (payment == "electronic_check"))
+    if scenario == "price_rise":  # price sensitivity rises with the prices
+        logit = logit + 0.03 * (monthly - 70) - 0.8
     if scenario == "concept_shift":
         logit = (-1.0 + 1.6 * (internet == "fiber") + 0.03 * tenure - 0.4 * support
                  + 0.8 * (contract == "two_year") - 0.02 * (monthly - 70) + 0.3 * products)

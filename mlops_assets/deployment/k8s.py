@@ -244,6 +244,9 @@ def _spec_to_reapply(resource: Mapping[str, Any]) -> dict:
             "spec": copy.deepcopy(resource["spec"])}
 
 
+_UNREAD = object()  # deploy_canary: "the caller has not read the live object"
+
+
 class KServeK8sClient:
     """InferenceService rollouts through the Kubernetes REST API (plain HTTP, bearer token)."""
 
@@ -311,10 +314,15 @@ class KServeK8sClient:
                     + _conditions_reason(resource.get("status") or {}))
             self._sleep(self.poll_interval_s)
 
-    def deploy_canary(self, manifest: Mapping[str, Any], timeout_s: float | None = None) -> RolloutResult:
-        """Apply the new revision at its canary share; roll back to the previous spec if it never gets there."""
+    def deploy_canary(self, manifest: Mapping[str, Any], timeout_s: float | None = None,
+                      previous: Mapping[str, Any] | None | object = _UNREAD) -> RolloutResult:
+        """Apply the new revision at its canary share; roll back to the previous spec if it never gets there.
+
+        ``previous`` is the live object if the caller has just read it (``None``: nothing deployed).
+        """
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        previous = self.get(namespace, name)
+        if previous is _UNREAD:
+            previous = self.get(namespace, name)
         self.apply(manifest)
         # KServe sends everything to the first revision: there is nothing to split against yet.
         expected = {c: (manifest["spec"][c].get("canaryTrafficPercent", 100) if previous else 100)
@@ -342,6 +350,253 @@ class KServeK8sClient:
         return self.apply(with_canary_percent(_spec_to_reapply(previous), 100))
 
 
+# --- the deploy step: canary, smoke test through the service's URL, promote or roll back -----------
+
+def client_from_settings(settings: Settings, **kwargs: Any) -> KServeK8sClient:
+    """The API client of the deploy step: server, token file, CA bundle and timeouts from settings.
+
+    Without a token file (e.g. through ``kubectl proxy``) requests go unauthenticated; a real API
+    server then answers 401/403, which surfaces as a :class:`DeploymentError` naming the status.
+    """
+    token_file, ca_file = Path(settings.k8s_token_file), Path(settings.k8s_ca_file)
+    token = token_file.read_text().strip() if token_file.is_file() else None
+    verify: bool | str = str(ca_file) if ca_file.is_file() else True
+    kwargs.setdefault("timeout_s", settings.ready_timeout_s)
+    kwargs.setdefault("poll_interval_s", settings.ready_poll_s)
+    return KServeK8sClient(settings.k8s_api_url, token=token, verify=verify, **kwargs)
+
+
+def deployed_version(resource: Mapping[str, Any] | None) -> str | None:
+    """The model version a live InferenceService was released with (its annotation)."""
+    annotations = ((resource or {}).get("metadata") or {}).get("annotations") or {}
+    return annotations.get(MODEL_VERSION_ANNOTATION)
+
+
+def _front(resource: Mapping[str, Any]) -> str:
+    """The component requests enter through: the transformer if there is one."""
+    return "transformer" if "transformer" in resource.get("spec", {}) else "predictor"
+
+
+def service_url(status: Mapping[str, Any]) -> str | None:
+    """The InferenceService's URL (all traffic, split by the canary share)."""
+    return status.get("url") or (status.get("address") or {}).get("url")
+
+
+def latest_revision_url(status: Mapping[str, Any], component: str) -> str | None:
+    """The tagged URL of the component's latest revision (``serving.kserve.io/enable-tag-routing``):
+    the canary alone, whatever its share of the main URL."""
+    for entry in (status.get("components") or {}).get(component, {}).get("traffic", []):
+        if entry.get("latestRevision") and entry.get("url"):
+            return entry["url"]
+    return None
+
+
+def smoke_test_url(settings: Settings, url: str, revision: str, model_version: str, config) -> dict:
+    """``config.smoke_requests`` V1 predictions (one entity id each) to ``url``: every answer is
+    checked like the local smoke test does; error rate and p99 are measured by the client, since the
+    servers' /metrics are scraped by Prometheus in the cluster, not reachable through the ingress."""
+    import httpx
+
+    from mlops_assets.serving.smoke import _check_one, default_entity_ids
+
+    n_requests = max(1, int(config.smoke_requests))
+    ids = default_entity_ids(settings)
+    if not ids:
+        return {"passed": False, "revision": revision, "url": url, "reason": "no entity ids to send"}
+    entity = settings.dataset_spec().entity
+    predict = f"{url.rstrip('/')}/v1/models/{settings.model_name}:predict"
+    latencies, problems = [], []
+    with httpx.Client(timeout=10.0) as client:
+        for i in range(n_requests):
+            started = time.perf_counter()
+            problem = _check_one(client, predict, revision, {entity: ids[i % len(ids)]}, model_version)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if problem:
+                problems.append(problem)
+    latencies.sort()
+    error_rate = len(problems) / n_requests
+    result = {
+        "revision": revision, "url": url, "model_version": model_version, "requests": n_requests,
+        "failed_requests": len(problems), "problems": problems[:5], "error_rate": error_rate,
+        "client_p50_ms": round(latencies[len(latencies) // 2], 2),
+        "client_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
+    }
+    result["checks"] = {"error_rate_ok": error_rate <= config.max_error_rate,
+                        "latency_ok": result["client_p99_ms"] <= config.max_p99_ms}
+    result["passed"] = all(result["checks"].values())
+    return result
+
+
+def _checked_smoke(settings: Settings, url: str | None, revision: str, version: str, config) -> dict:
+    from mlops_assets.deployment.rollout import RolloutFailed
+
+    if not url:
+        raise RolloutFailed(f"the InferenceService status reports no URL for the {revision} revision"
+                            + (" (is serving.kserve.io/enable-tag-routing set?)" if revision == "canary" else ""))
+    smoke = smoke_test_url(settings, url, revision, version, config)
+    if not smoke["passed"]:
+        failed = [name for name, ok in (smoke.get("checks") or {}).items() if not ok]
+        detail = "; ".join(smoke.get("problems") or [])
+        raise RolloutFailed(f"smoke test of the {revision} revision at {url} failed: "
+                            f"{', '.join(failed) or smoke.get('reason', 'unknown reason')}"
+                            + (f" ({detail})" if detail else ""), smoke)
+    return smoke
+
+
+def _result(status: Mapping[str, Any], version: str, action: str, smoke: dict) -> dict:
+    predictor = (status.get("components") or {}).get("predictor", {})
+    return {"endpoint": service_url(status), "revision": "stable", "model_version": version,
+            "action": action, "smoke": smoke,
+            "revision_name": predictor.get("latestReadyRevision")}
+
+
+def roll_out_inference_service(settings: Settings, version: str | int, config,
+                               log: Callable[[str], Any] = print) -> dict:
+    """The champion rolled out as the InferenceService (``apply`` mode) or committed for Argo CD
+    (``gitops`` mode). Raises ``RolloutFailed`` (after rolling back) with the reason."""
+    import httpx
+
+    from mlops_assets.deployment.rollout import RolloutFailed
+
+    version = str(version)
+    if not settings.image:
+        raise RolloutFailed("MLOPS_IMAGE is not set: the InferenceService needs the serving image")
+    model_uri = f"models:/{settings.model_name}/{version}"
+    if settings.deploy_mode == "gitops":
+        return _commit_release(settings, model_uri, version, config, log)
+    settings.export_s3_env()  # the smoke test reads entity ids from the S3 offline store
+    client = client_from_settings(settings)
+    try:
+        return _roll_out_applied(client, settings, model_uri, version, config, log)
+    except DeploymentError as exc:
+        raise RolloutFailed(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise RolloutFailed(f"Kubernetes API {settings.k8s_api_url} (MLOPS_K8S_API) failed: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _roll_out_applied(client: KServeK8sClient, settings: Settings, model_uri: str, version: str,
+                      config, log) -> dict:
+    from mlops_assets.deployment.rollout import RolloutFailed
+
+    namespace, name = settings.k8s_namespace, settings.model_name
+    live = client.get(namespace, name)
+    stable = deployed_version(live)
+    if live is not None and stable == version and rollout_reached(
+            live, {c: 100 for c in COMPONENTS if c in live.get("spec", {})}):
+        log(f"v{version} already serves at 100% in {namespace}/{name}; re-running the smoke test")
+        smoke = _checked_smoke(settings, service_url(live["status"]), "stable", version, config)
+        return _result(live["status"], version, "unchanged", smoke)
+
+    percent = config.canary_percent if live is not None else 100
+    manifest = render_inference_service(settings, model_uri, version, settings.image, percent)
+    if live is None:
+        log(f"nothing serves yet: applying {namespace}/{name} with v{version} ({model_uri})")
+    else:
+        log(f"canary: v{version} at {percent}% next to v{stable} in {namespace}/{name}")
+    deployed = client.deploy_canary(manifest, previous=live)  # rolls back itself if never ready
+
+    if live is None:
+        smoke = _checked_smoke(settings, service_url(deployed.status), "stable", version, config)
+        return _result(deployed.status, version, "first deployment", smoke)
+
+    try:
+        smoke = _checked_smoke(settings, latest_revision_url(deployed.status, _front(manifest)), "canary",
+                               version, config)
+    except RolloutFailed:
+        log(f"canary v{version} failed its smoke test: rolling back to v{stable}")
+        client.rollback(live)
+        raise
+    log(f"canary v{version} passed ({smoke['requests']} requests, p99 {smoke['client_p99_ms']} ms): promoting")
+    try:
+        promoted = client.promote(manifest)
+    except DeploymentError as exc:
+        log(f"promotion of v{version} did not complete: rolling back to v{stable}")
+        client.rollback(live)
+        raise DeploymentError(f"{exc}; rolled back to v{stable}") from exc
+    return _result(promoted.status, version, f"promoted over v{stable}", smoke)
+
+
+def _commit_release(settings: Settings, model_uri: str, version: str, config, log) -> dict:
+    """GitOps mode: the release (image, model, canary share) written into MLOPS_GITOPS_PATH and
+    committed (and pushed to MLOPS_GITOPS_REMOTE if set); Argo CD rolls it out from there."""
+    from mlops_assets.deployment.rollout import RolloutFailed
+
+    path = settings.gitops_path
+    if path is None:
+        raise RolloutFailed("MLOPS_GITOPS_PATH is not set: gitops mode needs the release file to write")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repo = path.parent
+    try:
+        repo = Path(git("rev-parse", "--show-toplevel"))
+        manifest = render_inference_service(settings, model_uri, version, settings.image,
+                                            config.canary_percent)
+        write_gitops_manifest(path, manifest)
+        if git("status", "--porcelain", "--", str(path)):
+            message = f"deploy({settings.model_name}): v{version} at {config.canary_percent}% canary"
+            sha = commit_gitops_change(repo, [path], message)
+            action = f"committed {path.relative_to(repo)} for Argo CD"
+        else:
+            sha, action = git("rev-parse", "HEAD"), "unchanged (release already committed)"
+        if settings.gitops_remote:
+            git("push", settings.gitops_remote, "HEAD")
+            action += f", pushed to {settings.gitops_remote}"
+    except subprocess.CalledProcessError as exc:
+        raise RolloutFailed(f"gitops release in {repo} (MLOPS_GITOPS_PATH={path}) failed: "
+                            f"git {' '.join(exc.cmd[3:])}: {(exc.stderr or '').strip()}") from exc
+    log(f"v{version} {action} at {sha[:12]}")
+    return {"endpoint": None, "revision": sha, "model_version": version, "action": action,
+            "smoke": {"skipped": True, "reason": "gitops mode: Argo CD applies the commit; "
+                                                 "the serving_healthy check reads the live status"}}
+
+
+def inference_service_health(settings: Settings, champion: str | None) -> dict:
+    """Is the InferenceService ready with all traffic on the champion, and does its URL answer?"""
+    import httpx
+
+    namespace, name = settings.k8s_namespace, settings.model_name
+    report = {"healthy": False, "serving_version": None, "champion": champion, "endpoint": None,
+              "canary_percent": None}
+    client = client_from_settings(settings)
+    try:
+        live = client.get(namespace, name)
+    except (DeploymentError, httpx.HTTPError) as exc:
+        return {**report, "summary": f"Kubernetes API {settings.k8s_api_url} failed: {exc}"}
+    finally:
+        client.close()
+    if live is None:
+        return {**report, "summary": f"InferenceService {namespace}/{name} does not exist"}
+    status = live.get("status") or {}
+    latest_percent = _latest_revision_percent(status, _front(live))
+    report.update(serving_version=deployed_version(live), endpoint=service_url(status),
+                  canary_percent=latest_percent if latest_percent not in (None, 100) else 0)
+    if not _is_ready(status):
+        return {**report, "summary": f"{namespace}/{name} not ready: {_conditions_reason(status)}"}
+    if latest_percent != 100:
+        return {**report, "summary": f"{namespace}/{name} is mid-rollout: latest revision at "
+                                     f"{latest_percent}% of traffic"}
+    if report["serving_version"] != champion:
+        return {**report, "summary": f"{namespace}/{name} serves v{report['serving_version']}, "
+                                     f"but @champion is v{champion}"}
+    if not report["endpoint"]:
+        return {**report, "summary": f"{namespace}/{name} is ready but reports no URL"}
+    probe = f"{report['endpoint'].rstrip('/')}/v1/models/{name}"
+    try:
+        answer = httpx.get(probe, timeout=5.0)
+    except httpx.HTTPError as exc:
+        return {**report, "summary": f"{probe} unreachable: {type(exc).__name__}"}
+    if answer.status_code != 200:
+        return {**report, "summary": f"{probe} answered HTTP {answer.status_code}"}
+    return {**report, "healthy": True, "summary": f"serving v{champion} at {report['endpoint']}"}
+
+
 # --- the deploy step as a Kubernetes Job -------------------------------------------------------------
 
 def deploy_executor_config(settings: Settings) -> dict:
@@ -367,6 +622,19 @@ def deploy_executor(settings: Settings):
     from dagster_k8s import k8s_job_executor
 
     return k8s_job_executor.configured(deploy_executor_config(settings), name=DEPLOY_EXECUTOR_NAME)
+
+
+DEPLOY_JOB_NAME = "deploy_job"
+
+
+def deploy_job(settings: Settings):
+    """The job that rolls the champion out: ``inference_service`` (and its check), each step a Kubernetes Job."""
+    import dagster as dg
+
+    return dg.define_asset_job(DEPLOY_JOB_NAME, selection=dg.AssetSelection.assets("inference_service"),
+                               executor_def=deploy_executor(settings),
+                               description="Canary rollout of @champion as the KServe InferenceService; "
+                                           "the step runs as its own Kubernetes Job (k8s_job_executor).")
 
 
 def resolved_executor_config(settings: Settings) -> dict:

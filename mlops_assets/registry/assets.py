@@ -6,8 +6,20 @@ import dagster as dg
 from .client import CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 
 
+GATES = ("beats_champion", "meets_floor")
+
+
 def gate_reason(registry: ModelRegistry, version: str) -> str:
+    """Why `version` may be promoted; refuses one whose blocking gates did not pass.
+
+    The blocking checks only skip `champion_model` when they run in the same run: materializing
+    `champion_model` on its own would otherwise promote whatever candidate was stored last.
+    """
     tags = registry.version_info(version)["version_tags"]
+    unpassed = {gate: tags.get(f"gate.{gate}", "not run") for gate in GATES if tags.get(f"gate.{gate}") != "passed"}
+    if unpassed:
+        raise RegistryError(f"refusing to promote {registry.name}/{version}: gate "
+                            + ", ".join(f"{gate} {state}" for gate, state in unpassed.items()))
     return tags.get("gate.reason", "gates passed")
 
 

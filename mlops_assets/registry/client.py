@@ -46,17 +46,28 @@ class ModelRegistry:
         with self._lock:
             if self._client is None:
                 self._client = self._connect()
+            else:
+                # MLflow's fluent API (start_run, load_model) reads a process-wide URI, which a
+                # registry for another MLOPS_HOME in the same process may have moved since.
+                self._activate()
             return self._client
+
+    def _activate(self) -> None:
+        import mlflow
+
+        uri = self.settings.mlflow_tracking_uri
+        mlflow.set_tracking_uri(uri)  # a no-op when already set
+        mlflow.set_registry_uri(uri)
 
     def _connect(self):
         import mlflow
         from mlflow import MlflowClient
 
         uri = self.settings.mlflow_tracking_uri
+        self.settings.export_s3_env()  # MLflow's S3 artifact store reads its endpoint from the environment
         if uri.startswith("sqlite:///"):
             self.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        self._activate()
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def ensure_reachable(self) -> None:

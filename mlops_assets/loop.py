@@ -1,0 +1,199 @@
+"""The closed loop as building blocks: materialize, send traffic, deliver labels, report drift, run
+the Dagster daemon and wait for the run its sensor starts. The `mlops` command and the end-to-end
+tests both use these, so the demo is what the tests prove.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import dagster as dg
+import httpx
+
+from mlops_assets.settings import PROJECT_ROOT, Settings
+
+# Everything but the monitoring assets, which need traffic first.
+BUILD_SELECTION = ["dataset", "feature_table", "feature_store", "training_set", "holdout_set",
+                   "candidate_model", "model_explanations", "champion_model", "inference_service",
+                   "batch_predictions"]
+
+
+def open_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance in MLOPS_HOME, the one `dagster dev` and the daemon use."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.from_config(str(settings.dagster_home))
+
+
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str],
+                run_config: dict | None = None, tags: dict | None = None) -> dg.ExecuteInProcessResult:
+    """In-process materialization; the run and its events land in ``instance`` (visible in the UI)."""
+    return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, instance=instance,
+                          resources=defs.resources, run_config={**QUIET_LOGS, **(run_config or {})},
+                          tags=tags, raise_on_error=False)
+
+
+# --- traffic and labels ------------------------------------------------------------------------
+@dataclass
+class Traffic:
+    scenario: str
+    sent: int = 0
+    failed: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def p99_ms(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
+
+
+def send_traffic(settings: Settings, scenario: str, requests: int, seed: int, rate: float = 0.0,
+                 concurrency: int = 4) -> Traffic:
+    """Send new customers' snapshots from ``scenario`` to the serving endpoint as feature rows.
+
+    ``rate`` > 0 paces the requests (per second); 0 sends as fast as ``concurrency`` allows. The true
+    labels are kept per request id, for `deliver_labels` to drop later as the feedback path.
+    """
+    from mlops_assets.data.generator import production_window
+    from mlops_assets.serving.backend_local import LocalServingBackend
+
+    endpoint = LocalServingBackend(settings).endpoint
+    if endpoint is None:
+        raise RuntimeError("nothing is serving: materialize inference_service first (mlops demo does)")
+    spec = settings.dataset_spec()
+    rows = production_window(requests, seed=seed, scenario=scenario)
+    instances = rows[[spec.entity, *spec.features]].to_dict("records")
+    labels = rows[spec.target].tolist()
+    url = f"{endpoint}/v1/models/{settings.model_name}:predict"
+    traffic = Traffic(scenario=scenario)
+    started = time.monotonic()
+
+    def one(i: int, client: httpx.Client) -> None:
+        if rate > 0:
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
+        t0 = time.perf_counter()
+        try:
+            response = client.post(url, json={"instances": [instances[i]]})
+        except httpx.HTTPError as exc:
+            traffic.failed += 1
+            traffic.errors.append(str(exc))
+            return
+        traffic.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        if response.status_code != 200:
+            traffic.failed += 1
+            traffic.errors.append(f"{response.status_code}: {response.text[:200]}")
+            return
+        traffic.labels[response.json()["request_ids"][0]] = int(labels[i])
+
+    with httpx.Client(timeout=10.0) as client, ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda i: one(i, client), range(requests)))
+    traffic.sent = requests
+    return traffic
+
+
+def deliver_labels(settings: Settings, labels: dict[str, int]) -> Path:
+    """The feedback path: a JSON Lines file dropped where monitoring reads labels."""
+    folder = settings.serving_dir / "labels"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"labels-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(json.dumps({"request_id": rid, "label": label}) + "\n" for rid, label in labels.items()))
+    os.replace(partial, path)  # monitoring never sees half a file
+    return path
+
+
+def window_config(since: datetime) -> dict:
+    """A drift/performance window covering the traffic sent since ``since``."""
+    hours = (datetime.now(timezone.utc) - since).total_seconds() / 3600 + 1 / 3600
+    return {"window_hours": hours}
+
+
+# --- the daemon --------------------------------------------------------------------------------
+class Daemon:
+    """`dagster-daemon run` on this project's workspace, against the settings' instance."""
+
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.log_path = settings.logs_dir / "dagster-daemon.log"
+        self.env = {**settings.env_for_subprocess(), **(extra_env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        command = [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=open(self.log_path, "ab"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_for_triggered_run(instance: dg.DagsterInstance, after: float, job_name: str = "retrain_job",
+                           timeout: float = 300.0, on_tick: Callable[[str], None] | None = None):
+    """The first run of ``job_name`` created after ``after`` (epoch s), once it has finished."""
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        runs = [r for r in instance.get_run_records(dg.RunsFilter(job_name=job_name), limit=5)
+                if r.create_timestamp.timestamp() >= after]
+        if runs:
+            run = runs[-1].dagster_run
+            if run.status != seen and on_tick:
+                on_tick(f"run {run.run_id[:8]} {run.status.value}")
+            seen = run.status
+            if run.is_finished:
+                return run
+        time.sleep(1.0)
+    raise TimeoutError(f"no finished {job_name} run within {timeout:.0f} s; see {instance.root_directory}")
+
+
+def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Seconds from each step's start to its last event (success, failure or check result)."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event and event.step_key:
+            if event.event_type_value == "STEP_START":
+                first[event.step_key] = record.timestamp
+            last[event.step_key] = record.timestamp
+    return {step: round(last[step] - first[step], 2) for step in first}
+
+
+def run_step_events(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[str]]:
+    """{step key: [event types]} of a run, to see which steps ran, failed or were skipped."""
+    steps: dict[str, list[str]] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event and event.step_key:
+            steps.setdefault(event.step_key, []).append(event.event_type_value)
+    return steps
