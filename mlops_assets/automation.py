@@ -83,7 +83,15 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
         cursor["last_report_id"] = report_id
         return dg.SensorResult(skip_reason=f"report {report_id}: {decision.reason}",
                                cursor=json.dumps(cursor))
-    since = time.time() - cursor.get("last_trigger_time", 0.0)
+    # Retrains from any source (either sensor, the schedule, a person) share one cool-down.
+    latest = _latest_retrain_run(context.instance)
+    if latest is not None and latest.create_timestamp.timestamp() >= event.timestamp:
+        cursor["last_report_id"] = report_id
+        return dg.SensorResult(skip_reason=(
+            f"report {report_id}: {decision.reason}; retrain run {latest.dagster_run.run_id[:8]}, "
+            f"started after this report, already answers it"), cursor=json.dumps(cursor))
+    last_trigger = max(cursor.get("last_trigger_time", 0.0), latest.create_timestamp.timestamp() if latest else 0.0)
+    since = time.time() - last_trigger
     if since < cooldown_minutes * 60:
         # The report stays unseen, so it can still trigger once the cool-down is over.
         return dg.SensorResult(skip_reason=(
@@ -95,6 +103,11 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=str(report_id), tags=tags,
                                                           run_config=retrain_run_config())],
                            cursor=json.dumps(cursor))
+
+
+def _latest_retrain_run(instance: dg.DagsterInstance):
+    records = instance.get_run_records(dg.RunsFilter(job_name=retrain_job.name), limit=1)
+    return records[0] if records else None
 
 
 def retrain_run_config() -> dict:

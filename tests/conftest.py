@@ -58,11 +58,16 @@ def _session_home(tmp_path_factory):
         os.environ["MLOPS_HOME"] = previous
 
 
+# Data to the registry: everything that needs no live servers or traffic.
+OFFLINE_SELECTION = ["dataset", "feature_table", "feature_store", "training_set", "holdout_set",
+                     "candidate_model", "model_explanations", "champion_model"]
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory) -> Platform:
-    """The full graph materialized once with the defaults: the first champion exists."""
+    """Data to the registry materialized once with the defaults: the first champion exists."""
     platform = make_platform(tmp_path_factory.mktemp("platform"))
-    result = platform.materialize()
+    result = platform.materialize(OFFLINE_SELECTION)
     assert result.success, "the default materialization failed"
     return platform
 

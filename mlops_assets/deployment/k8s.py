@@ -3,7 +3,9 @@
 Three ways out of the same rendered manifest:
 
 * :class:`KServeK8sClient` applies it through the Kubernetes API (server-side apply), waits for
-  readiness and the canary share, then promotes or rolls back;
+  readiness and the canary share, then promotes or rolls back; :func:`roll_out_inference_service`
+  is the deploy step around it (smoke test of the canary through its tagged URL in between), and
+  :func:`inference_service_health` the serving check;
 * :func:`write_gitops_manifest` + :func:`commit_gitops_change` put the release into the GitOps
   overlay that the Argo CD ``Application`` in ``deploy/argocd`` syncs;
 * :func:`deploy_executor` runs the deploy step itself as a Kubernetes Job (``k8s_job_executor``).

@@ -131,7 +131,7 @@ def beats_champion(settings: dg.ResourceParam[Settings], registry: dg.ResourcePa
     champion_score = score(registry.load_model(champion), holdout_set, spec)[PRIMARY_METRIC]
     margin = candidate_score - champion_score
     passed = margin >= -candidate_model["tolerance"]
-    verdict = "beats" if margin > 0 else ("ties" if passed else "loses to")
+    verdict = "beats" if margin > 0 else "ties" if margin == 0 else "is within tolerance of" if passed else "loses to"
     description = (f"candidate v{candidate} {verdict} champion v{champion}: {PRIMARY_METRIC} "
                    f"{candidate_score:.4f} vs {champion_score:.4f} (margin {margin:+.4f}, tolerance {candidate_model['tolerance']})")
     registry.tag_version(candidate, {"gate.beats_champion": "passed" if passed else "failed",

@@ -126,12 +126,12 @@ def test_drift_report_on_price_rise_traffic(settings, reference):
     result = _drift_run(settings, reference, "price_rise", 600)
     metadata = _metadata(result, "drift_report")
     assert metadata["status"] == "ok" and metadata["method"] == "evidently"
-    assert metadata["drifted_columns"] == ["monthly_charges", "total_charges"]
-    assert metadata["drift_share"] == pytest.approx(2 / 9)
+    assert metadata["drifted_columns"] == ["monthly_charges", "total_charges", "support_calls"]
+    assert metadata["drift_share"] == pytest.approx(3 / 9)
     assert metadata["column_scores"]["monthly_charges"]["drifted"] is True
     assert "prediction drift skipped" in metadata["notes"]
     assert metadata["report"].endswith(".html") and "<!DOCTYPE html>" in open(metadata["report"]).read()
-    assert read_loop_gauges(settings)["drift_share"] == pytest.approx(2 / 9)
+    assert read_loop_gauges(settings)["drift_share"] == pytest.approx(3 / 9)
 
 
 def test_drift_report_compares_scores_when_the_champion_can_score_the_reference(settings, reference, monkeypatch):

@@ -152,7 +152,7 @@ def browser_page(chromium_path):
         browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS,
                                              headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(20_000)
             yield page
         finally:

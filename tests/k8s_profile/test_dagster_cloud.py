@@ -1,0 +1,43 @@
+"""dagster_cloud.yaml: the code location Dagster+ builds and runs, matching the Helm values."""
+
+from __future__ import annotations
+
+import yaml
+
+from mlops_assets.settings import PROJECT_ROOT, get_settings
+
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def test_dagster_cloud_location_matches_the_helm_values_and_validates():
+    from dagster_k8s.container_context import K8sContainerContext
+
+    (location,) = yaml.safe_load((PROJECT_ROOT / "dagster_cloud.yaml").read_text())["locations"]
+    values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+
+    assert location["location_name"] == "mlops_assets"
+    assert ["--module-name", location["code_source"]["module_name"]] == deployment["dagsterApiGrpcArgs"]
+    assert location["build"] == {"directory": ".", "registry": deployment["image"]["repository"]}
+    assert (PROJECT_ROOT / location["build"]["directory"] / "pyproject.toml").is_file()
+
+    # dagster-k8s parses the container context exactly as the Dagster+ agent does
+    context = K8sContainerContext.create_from_config(location["container_context"])
+    run, server = context.run_k8s_config.to_dict(), context.server_k8s_config.to_dict()
+    assert context.namespace == launcher["jobNamespace"] == "mlops"
+    for pod in (run, server):
+        assert pod["pod_spec_config"]["service_account_name"] == get_settings({}).service_account
+        assert pod["container_config"]["env_from"] == (
+            [{"config_map_ref": {"name": m["name"]}} for m in deployment["envConfigMaps"]]
+            + [{"secret_ref": {"name": s["name"]}} for s in deployment["envSecrets"]])
+        assert {"name": "MLOPS_PROFILE", "value": "k8s"} in pod["container_config"]["env"]
+    assert server["container_config"]["resources"] == deployment["resources"]
+    run_config = launcher["runK8sConfig"]
+    assert run["container_config"]["resources"] == run_config["containerConfig"]["resources"]
+    assert run["pod_spec_config"]["node_selector"] == run_config["podSpecConfig"]["nodeSelector"]
+    assert run["pod_spec_config"]["tolerations"] == run_config["podSpecConfig"]["tolerations"]
+    # the role binding in deploy/rbac gives exactly this service account its rights, in this namespace
+    binding = yaml.safe_load((DEPLOY / "rbac" / "rolebinding.yaml").read_text())
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": context.namespace,
+                                    "name": run["pod_spec_config"]["service_account_name"]}]

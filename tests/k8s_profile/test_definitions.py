@@ -1,0 +1,145 @@
+"""The k8s profile's definitions: every resource resolved from the environment of a code-location
+pod (a subprocess, so module-level settings resolve as in production), a load-time failure naming
+each missing setting, and the deploy job on ``k8s_job_executor`` configured from settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import kubernetes_validate
+import pytest
+
+from mlops_assets.deployment import k8s
+from mlops_assets.settings import PROJECT_ROOT, K8S_REQUIRED, SettingsError, get_settings
+
+from .conftest import k8s_env
+
+PROBE = """
+import json
+from mlops_assets.definitions import defs
+
+res = defs.resources
+io, settings, registry, versioner = res["io_manager"], res["settings"], res["registry"], res["versioner"]
+jobs = {job.name: job for job in defs.resolve_all_job_defs()}  # resolves every job against the resources
+deploy = jobs["deploy_job"]
+print(json.dumps({
+    "io_manager": [type(io).__name__, io.s3_bucket, io.s3_prefix, io.s3_resource.endpoint_url],
+    "dvc_remote": versioner.remote,
+    "tracking_uri": registry.settings.mlflow_tracking_uri,
+    "artifact_root": registry.settings.mlflow_artifact_root,
+    "feast_offline": settings.feast_offline_path,
+    "namespace": settings.k8s_namespace, "image": settings.image, "k8s_api": settings.k8s_api_url,
+    "deploy_mode": settings.deploy_mode, "ready_timeout_s": settings.ready_timeout_s,
+    "deploy_job": {"executor": deploy.executor_def.name,
+                   "assets": sorted(k.to_user_string() for k in deploy.asset_layer.executable_asset_keys)},
+    "jobs": sorted(jobs),
+}))
+"""
+
+
+def load_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``import mlops_assets.definitions`` in a fresh interpreter with exactly ``env`` for settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "AWS_"))}
+    return subprocess.run([sys.executable, "-c", PROBE], env={**base, **env}, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.integration
+def test_k8s_definitions_load_with_every_resource_resolved_from_the_environment(tmp_path):
+    env = k8s_env(tmp_path / "home", "churn-data", MLOPS_S3_ENDPOINT_URL="http://minio.storage:9000",
+                  MLOPS_K8S_API="https://10.0.0.1:443", MLOPS_READY_TIMEOUT_S="300")
+    loaded = load_definitions(env)
+    assert loaded.returncode == 0, loaded.stderr
+    probe = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert probe["io_manager"] == ["S3PickleIOManager", "churn-data", "dagster-io", "http://minio.storage:9000"]
+    assert probe["dvc_remote"] == "s3://churn-data/dvc"
+    assert probe["tracking_uri"] == "http://mlflow.mlops.svc:5000"
+    assert probe["artifact_root"] == "s3://churn-data/mlflow"
+    assert probe["feast_offline"] == "s3://churn-data/feast/churn_features.parquet"
+    assert (probe["namespace"], probe["image"]) == ("ml-prod", "registry.example/mlops-assets:1.2.3")
+    assert (probe["k8s_api"], probe["deploy_mode"], probe["ready_timeout_s"]) == ("https://10.0.0.1:443", "apply", 300.0)
+    assert probe["deploy_job"] == {"executor": k8s.DEPLOY_EXECUTOR_NAME, "assets": ["inference_service"]}
+    assert "deploy_job" in probe["jobs"] and "retrain_job" in probe["jobs"]
+
+
+@pytest.mark.integration
+def test_k8s_definitions_fail_at_load_time_naming_every_missing_setting(tmp_path):
+    loaded = load_definitions({"MLOPS_PROFILE": "k8s", "MLOPS_HOME": str(tmp_path / "home")})
+    assert loaded.returncode != 0
+    last = loaded.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlops_assets.settings.SettingsError: the k8s profile needs these settings: ")
+    for name in K8S_REQUIRED:
+        assert name in last
+
+    partial = k8s_env(tmp_path / "home")
+    del partial["MLOPS_S3_BUCKET"]
+    loaded = load_definitions(partial)
+    last = loaded.stderr.strip().splitlines()[-1]
+    assert loaded.returncode != 0 and "MLOPS_S3_BUCKET (bucket for DVC data" in last
+    assert not any(name in last for name in K8S_REQUIRED if name != "MLOPS_S3_BUCKET")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MLOPS_DEPLOY_MODE": "gitops"}, "MLOPS_GITOPS_PATH (release file"),
+    ({"MLOPS_DEPLOY_MODE": "kubectl"}, "MLOPS_DEPLOY_MODE='kubectl' is not one of apply, gitops"),
+    ({"MLOPS_READY_TIMEOUT_S": "soon"}, "MLOPS_READY_TIMEOUT_S='soon' is not a number"),
+    ({"MLOPS_READY_TIMEOUT_S": "0"}, "MLOPS_READY_TIMEOUT_S='0' must be a number of seconds greater than 0"),
+])
+def test_deploy_settings_are_checked_when_settings_resolve(tmp_path, env, message):
+    with pytest.raises(SettingsError) as error:
+        get_settings(k8s_env(tmp_path, **env))
+    assert message in str(error.value)
+
+
+def test_deploy_settings_default_to_the_in_cluster_api(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    settings = get_settings(k8s_env(tmp_path, MLOPS_S3_ENDPOINT_URL="http://s3.local:9000"))
+    assert settings.k8s_api_url == "https://kubernetes.default.svc"
+    assert settings.k8s_token_file == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert settings.k8s_ca_file == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    assert (settings.deploy_mode, settings.gitops_path, settings.ready_timeout_s) == ("apply", None, 600.0)
+    # what child processes (and MLflow in-process) need to reach the same S3 endpoint
+    assert settings.s3_client_env() == {"MLFLOW_S3_ENDPOINT_URL": "http://s3.local:9000",
+                                        "AWS_ENDPOINT_URL_S3": "http://s3.local:9000"}
+    assert settings.env_for_subprocess()["MLFLOW_S3_ENDPOINT_URL"] == "http://s3.local:9000"
+    gitops = get_settings(k8s_env(tmp_path, MLOPS_DEPLOY_MODE="gitops", MLOPS_GITOPS_PATH=str(tmp_path / "r.yaml")))
+    assert gitops.gitops_path == tmp_path / "r.yaml"
+
+
+def test_deploy_job_runs_on_k8s_job_executor_with_image_service_account_namespace_resources(tmp_path):
+    from dagster_k8s import k8s_job_executor
+
+    from mlops_assets.definitions import build_definitions
+
+    settings = get_settings(k8s_env(tmp_path))
+    job = build_definitions(settings).resolve_job_def("deploy_job")
+    assert job.executor_def.name == k8s.DEPLOY_EXECUTOR_NAME
+    assert job.executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"inference_service"}
+    assert [c.name for c in job.asset_layer.asset_graph.asset_check_keys] == ["serving_healthy"]
+
+    # the executor config Dagster resolves for a run of this job is the one the step's Job is built from
+    execution = dg.validate_run_config(job)["execution"]
+    assert execution == {k8s.DEPLOY_EXECUTOR_NAME: k8s.resolved_executor_config(settings)}
+    config = execution[k8s.DEPLOY_EXECUTOR_NAME]
+    assert config["job_image"] == "registry.example/mlops-assets:1.2.3"
+    assert config["job_namespace"] == "ml-prod"
+    assert config["service_account_name"] == "deployer-sa"
+    assert config["resources"] == k8s.DEPLOY_STEP_RESOURCES
+
+    manifest = k8s.deploy_step_job(settings, run_id="run-1", step_key="inference_service")
+    kubernetes_validate.validate(manifest, "1.32.0", strict=True)
+    pod = manifest["spec"]["template"]["spec"]
+    assert manifest["metadata"]["namespace"] == "ml-prod" and pod["serviceAccountName"] == "deployer-sa"
+    assert pod["containers"][0]["image"] == "registry.example/mlops-assets:1.2.3"
+    assert pod["containers"][0]["resources"] == k8s.DEPLOY_STEP_RESOURCES
+
+
+def test_local_profile_has_no_deploy_job():
+    from mlops_assets.definitions import profile_jobs
+
+    assert profile_jobs(get_settings({})) == []
