@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import kubernetes_validate
@@ -81,6 +83,25 @@ def test_k8s_definitions_fail_at_load_time_naming_every_missing_setting(tmp_path
     last = loaded.stderr.strip().splitlines()[-1]
     assert loaded.returncode != 0 and "MLOPS_S3_BUCKET (bucket for DVC data" in last
     assert not any(name in last for name in K8S_REQUIRED if name != "MLOPS_S3_BUCKET")
+
+
+@pytest.mark.integration
+def test_dagster_reports_the_missing_setting_when_it_loads_the_location(tmp_path):
+    """What an operator sees: ``dagster definitions validate`` (the same load the code server does)."""
+    dagster = [str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
+               "-m", "mlops_assets.definitions"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "AWS_"))}
+    env = k8s_env(tmp_path / "home")
+    ok = subprocess.run(dagster, env={**base, **env}, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    del env["MLOPS_IMAGE"]
+    failed = subprocess.run(dagster, env={**base, **env}, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode != 0
+    output = re.sub(r"\x1b\[[0-9;]*m", "", failed.stdout + failed.stderr)  # the log is coloured
+    assert "Validation failed for code location mlops_assets.definitions" in output
+    assert ("mlops_assets.settings.SettingsError: the k8s profile needs these settings: MLOPS_IMAGE "
+            "(container image of this code location and the serving classes)\n") in output
 
 
 @pytest.mark.parametrize("env, message", [
