@@ -131,3 +131,29 @@ def test_loading_the_code_does_not_import_the_heavy_libraries():
             "print(sorted(m for m in ('evidently', 'scipy', 'mlflow', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _record_retrain_run(instance) -> str:
+    """A retrain_job run in the instance, as a sensor, schedule or person would have launched it."""
+    from mlops_assets.definitions import defs
+
+    job = defs.resolve_job_def("retrain_job")
+    run = instance.create_run_for_job(job_def=job, run_config={})
+    return run.run_id
+
+
+def test_a_report_older_than_a_retrain_run_is_already_answered(instance):
+    report_id = report(instance, asset="model_performance", decayed=True, accuracy_drop=0.2, decay_status="decayed")
+    run_id = _record_retrain_run(instance)  # e.g. the drift sensor reacted to the same traffic first
+    result = tick(performance_sensor, instance)
+    assert not result.run_requests
+    assert f"retrain run {run_id[:8]}" in result.skip_reason.skip_message and "already answers it" in result.skip_reason.skip_message
+    assert json.loads(result.cursor)["last_report_id"] == report_id
+
+
+def test_the_cool_down_counts_retrains_from_any_source(instance):
+    _record_retrain_run(instance)
+    time.sleep(0.01)
+    report(instance, **drift(0.8))  # newer than the run, but within the cool-down
+    result = tick(build_drift_sensor(cooldown_minutes=10), instance)
+    assert not result.run_requests and "cooling down" in result.skip_reason.skip_message
