@@ -22,6 +22,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 UV_VERSION = "0.13.8"
 STAMP = VENV / ".synced-lock"
+UV = ROOT / ".tools" / "uv" / "bin" / "uv"
 # Debian packages the tests use: promtool/prometheus/amtool, headless Chromium for the UI test.
 APT_PACKAGES = {"prometheus": "/usr/bin/promtool", "prometheus-alertmanager": "/usr/bin/amtool",
                 "chromium": "/usr/bin/chromium"}
@@ -41,16 +42,13 @@ def lock_digest(extras: list[str]) -> str:
 def ensure_venv(extras: list[str]) -> None:
     """A .venv synced exactly to uv.lock (with bytecode compiled: start-up time halves)."""
     digest = lock_digest(extras)
-    if STAMP.exists() and STAMP.read_text() == digest:
+    if STAMP.exists() and STAMP.read_text() == digest and (BIN / "python").exists():
         return
-    if not (BIN / "python").exists():
-        run(sys.executable, "-m", "venv", str(VENV))
-    if not (BIN / "uv").exists():
-        run(str(BIN / "python"), "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}")
-    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV)}
+    if not UV.exists():  # uv itself comes from PyPI through the machine's pip, kept out of .venv
+        run(sys.executable, "-m", "pip", "install", "--quiet", "--target", str(UV.parent.parent), f"uv=={UV_VERSION}")
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV), "PYTHONPATH": ""}
     extra_flags = [flag for extra in extras for flag in ("--extra", extra)]
-    # --inexact keeps uv itself, which the lock does not list.
-    run(str(BIN / "uv"), "sync", "--frozen", "--inexact", "--compile-bytecode", *extra_flags, env=env)
+    run(str(UV), "sync", "--frozen", "--compile-bytecode", "--python", sys.executable, *extra_flags, env=env)
     STAMP.write_text(digest)
 
 

@@ -156,6 +156,13 @@ class Settings:
         env = dict(os.environ)
         env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
                     "DAGSTER_HOME": str(self.dagster_home)})
+        # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI into this process's environment;
+        # the child must resolve *these* settings' store, not whichever one this process touched last.
+        env.pop("MLFLOW_REGISTRY_URI", None)
+        if self.mlflow_tracking_uri_override:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri_override
+        else:
+            env.pop("MLFLOW_TRACKING_URI", None)
         for name, value in self.s3_client_env().items():
             env.setdefault(name, value)
         return env

@@ -179,6 +179,16 @@ def test_rbac_validates_and_reaches_only_inferenceservices_in_its_namespace(kube
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlops-deployer", "namespace": "mlops"}]
 
 
+def test_runner_rbac_validates_and_reaches_only_jobs_and_pods():
+    docs = list(yaml.safe_load_all((DEPLOY_DIR / "dagster" / "runner-rbac.yaml").read_text()))
+    for doc in docs:
+        assert_valid_core(doc)
+    role = next(doc for doc in docs if doc["kind"] == "Role")
+    resources = {resource for rule in role["rules"] for resource in rule["resources"]}
+    assert resources == {"jobs", "jobs/status", "pods", "pods/log", "events"}
+    assert all("secrets" not in rule["resources"] for rule in role["rules"])
+
+
 def test_core_validation_rejects_a_broken_role():
     """Guard for kubernetes-validate: a Role rule without verbs must fail."""
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "x"},

@@ -27,7 +27,7 @@ def test_dagster_cloud_location_matches_the_helm_values_and_validates():
     run, server = context.run_k8s_config.to_dict(), context.server_k8s_config.to_dict()
     assert context.namespace == launcher["jobNamespace"] == "mlops"
     for pod in (run, server):
-        assert pod["pod_spec_config"]["service_account_name"] == get_settings({}).service_account
+        assert pod["pod_spec_config"]["service_account_name"] == "mlops-runner"
         assert pod["container_config"]["env_from"] == (
             [{"config_map_ref": {"name": m["name"]}} for m in deployment["envConfigMaps"]]
             + [{"secret_ref": {"name": s["name"]}} for s in deployment["envSecrets"]])
@@ -37,7 +37,12 @@ def test_dagster_cloud_location_matches_the_helm_values_and_validates():
     assert run["container_config"]["resources"] == run_config["containerConfig"]["resources"]
     assert run["pod_spec_config"]["node_selector"] == run_config["podSpecConfig"]["nodeSelector"]
     assert run["pod_spec_config"]["tolerations"] == run_config["podSpecConfig"]["tolerations"]
-    # the role binding in deploy/rbac gives exactly this service account its rights, in this namespace
-    binding = yaml.safe_load((DEPLOY / "rbac" / "rolebinding.yaml").read_text())
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": context.namespace,
-                                    "name": run["pod_spec_config"]["service_account_name"]}]
+    # runs manage the deploy step's Jobs as mlops-runner; the step applies InferenceServices as
+    # the deployer (settings.service_account), each bound in this namespace only
+    runner = {doc["kind"]: doc for doc in yaml.safe_load_all((DEPLOY / "dagster" / "runner-rbac.yaml").read_text())}
+    assert runner["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "namespace": context.namespace,
+                                                  "name": run["pod_spec_config"]["service_account_name"]}]
+    assert {rule["apiGroups"][0] for rule in runner["Role"]["rules"]} == {"batch", ""}
+    deployer = yaml.safe_load((DEPLOY / "rbac" / "rolebinding.yaml").read_text())
+    assert deployer["subjects"] == [{"kind": "ServiceAccount", "namespace": context.namespace,
+                                     "name": get_settings({}).service_account}]

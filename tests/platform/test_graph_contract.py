@@ -73,3 +73,12 @@ def test_importing_definitions_leaves_heavy_libraries_out():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported at load time: {result.stdout.strip()}"
+
+
+def test_child_processes_resolve_the_same_mlflow_store_whatever_this_process_touched(tmp_path, monkeypatch):
+    from mlops_assets.settings import get_settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////somewhere/else.db")  # as mlflow.set_tracking_uri leaves it
+    settings = get_settings({"MLOPS_HOME": str(tmp_path)})
+    child = get_settings(settings.env_for_subprocess())
+    assert child.mlflow_tracking_uri == settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"

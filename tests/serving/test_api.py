@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import feature_row
+from tests.serving.conftest import feature_row
 
 pytestmark = pytest.mark.integration
 
