@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from mlops_assets.serving.metrics import CANARY_PERCENT, INGRESS_REQUESTS, exposition
+from mlops_assets.serving.metrics import exposition, ingress_series
 from mlops_assets.serving.server import REVISION_HEADER, ServingError, read_body, send_json
 from mlops_assets.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -114,7 +114,7 @@ class Router:
         self.canary_percent = percent if canary is not None else 0
         if stable is not None and stable.name != "stable":
             stable.name = "stable"
-        CANARY_PERCENT.set(self.canary_percent)
+        ingress_series()[1].set(self.canary_percent)
 
     def route(self) -> list[Revision]:
         stable, canary = self.stable, self.canary
@@ -426,7 +426,7 @@ class IngressApp:
         key = (revision, code)
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = INGRESS_REQUESTS.labels(revision, str(code))
+            counter = self._counters[key] = ingress_series()[0].labels(revision, str(code))
         counter.inc()
 
     async def _admin(self, scope, receive, send) -> None:

@@ -30,9 +30,18 @@ MODEL_VERSION = Gauge("mlops_model_version_info", "model version served (value 1
 FEATURE_LOOKUP = Histogram("mlops_feature_lookup_seconds", "Feast online lookup latency", SERVER_LABELS,
                            buckets=LATENCY_BUCKETS)
 
-INGRESS_REQUESTS = Counter("mlops_ingress_requests_total", "requests through the local ingress",
-                           ("revision", "code"))
-CANARY_PERCENT = Gauge("mlops_canary_traffic_percent", "share of traffic routed to the canary")
+_INGRESS_SERIES: tuple[Counter, Gauge] | None = None
+
+
+def ingress_series() -> tuple[Counter, Gauge]:
+    """(requests by revision and code, canary percent), registered only in the ingress process:
+    a module-level gauge would make every model server expose a stale canary share of 0."""
+    global _INGRESS_SERIES
+    if _INGRESS_SERIES is None:
+        _INGRESS_SERIES = (Counter("mlops_ingress_requests_total", "requests through the local ingress",
+                                   ("revision", "code")),
+                           Gauge("mlops_canary_traffic_percent", "share of traffic routed to the canary"))
+    return _INGRESS_SERIES
 
 
 class ServerMetrics:

@@ -47,6 +47,7 @@ def train_and_register(settings: Settings, data: pd.DataFrame, C: float) -> str:
 
     spec = settings.dataset_spec()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # else an earlier test's registry is used
     mlflow.set_experiment("serving-tests")
     pipeline = build_pipeline(spec, "logistic_regression", {"C": C}, SEED)
     pipeline.fit(data[spec.features], data[spec.target])

@@ -12,15 +12,14 @@ from mlops_assets.monitoring import prometheus as prom
 from tests.serving.conftest import feature_row
 
 
-def wait_for_total(server, promql: str, at_least: float, timeout: float = 20.0) -> float:
-    deadline, value = time.monotonic() + timeout, 0.0
-    while time.monotonic() < deadline:
+def poll(server, promql: str, done, timeout: float = 20.0) -> list[dict]:
+    """Query until ``done(series)``: targets join at their first scrape, not all at once."""
+    deadline = time.monotonic() + timeout
+    while True:
         series = server.query(promql)
-        value = prom.sample_value(series[0]) if series else 0.0
-        if value >= at_least:
-            break
+        if done(series) or time.monotonic() > deadline:
+            return series
         time.sleep(0.5)
-    return value
 
 
 def test_prometheus_scrapes_the_local_servers(world, deployment):
@@ -33,10 +32,17 @@ def test_prometheus_scrapes_the_local_servers(world, deployment):
     config = prom.write_runtime_config(world.settings, interval="1s", ingress_target=ingress)
     with prom.start_prometheus(config) as server:
         # every target (stable and canary transformers) scraped: the sum reaches what was sent
-        assert wait_for_total(server, 'sum(mlops_requests_total{role="transformer", code="200"})', sent) >= sent
-        roles = {s["metric"]["role"] for s in server.wait_for_series('mlops_model_version_info')}
-        assert roles == {"predictor", "transformer"}
-        versions = {s["metric"]["model_version"] for s in server.query('mlops_model_version_info{role="predictor"}')}
-        assert versions == set(world.versions.values())
+        served = poll(server, 'sum(mlops_requests_total{role="transformer", code="200"})',
+                      lambda series: series and prom.sample_value(series[0]) >= sent)
+        assert prom.sample_value(served[0]) >= sent
+        roles = {"predictor", "transformer"}
+        info = poll(server, "mlops_model_version_info", lambda series: {s["metric"]["role"] for s in series} == roles)
+        assert {s["metric"]["role"] for s in info} == roles
+        expected = set(world.versions.values())
+        info = poll(server, 'mlops_model_version_info{role="predictor"}',
+                    lambda series: {s["metric"]["model_version"] for s in series} == expected)
+        assert {s["metric"]["model_version"] for s in info} == expected
         [split] = server.wait_for_series(f'mlops_canary_traffic_percent{{instance="{ingress}", job="{prom.INGRESS_JOB}"}}')
         assert prom.sample_value(split) == 20
+        everywhere = server.query("mlops_canary_traffic_percent")
+        assert {s["metric"]["instance"] for s in everywhere} == {ingress}, "model servers expose the ingress gauge"
