@@ -219,8 +219,24 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def quiet_library_warnings() -> None:
+    """The demo talks to people: library deprecation notices are noise there (tests still see them)."""
+    import warnings
+
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    try:
+        from dagster import BetaWarning, PreviewWarning
+
+        warnings.filterwarnings("ignore", category=BetaWarning)
+        warnings.filterwarnings("ignore", category=PreviewWarning)
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet_library_warnings()
     try:
         return args.handler(args)
     except (SettingsError, RuntimeError, TimeoutError) as exc:

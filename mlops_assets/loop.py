@@ -122,8 +122,10 @@ def deliver_labels(settings: Settings, labels: dict[str, int]) -> Path:
 
 def window_config(since: datetime) -> dict:
     """A drift/performance window covering the traffic sent since ``since``."""
-    hours = (datetime.now(timezone.utc) - since).total_seconds() / 3600 + 1 / 3600
-    return {"window_hours": hours}
+    end = datetime.now(timezone.utc)
+    hours = (end - since).total_seconds() / 3600 + 1 / 3600
+    # a fixed end: the run starts a moment later, and "now" then would cut the window's start
+    return {"window_hours": hours, "window_end": end.isoformat()}
 
 
 # --- the daemon --------------------------------------------------------------------------------

@@ -98,12 +98,19 @@ class FeatureStoreClient:
         service = self.store.get_feature_service(self.settings.feature_service)
         return self.store.get_historical_features(entity_df=entity_df, features=service).to_df()
 
-    def online_features(self, entity_ids: Sequence[int], features: Iterable[str] | None = None
-                        ) -> pd.DataFrame:
-        """Latest values per id; unknown ids come back with missing values (None/NaN)."""
+    def online_columns(self, entity_ids: Sequence[int], features: Iterable[str] | None = None
+                       ) -> dict[str, list]:
+        """Latest values per id as {column: [value per id]}; unknown ids get None.
+
+        The serving hot path reads this directly: a DataFrame would cost more than the lookup."""
         spec = self.settings.dataset_spec()
         refs = list(features) if features is not None else self.store.get_feature_service(
             self.settings.feature_service)
         rows = [{spec.entity: int(entity_id)} for entity_id in entity_ids]
-        return pd.DataFrame(self.store.get_online_features(features=refs, entity_rows=rows).to_dict())
+        return self.store.get_online_features(features=refs, entity_rows=rows).to_dict()
+
+    def online_features(self, entity_ids: Sequence[int], features: Iterable[str] | None = None
+                        ) -> pd.DataFrame:
+        """Latest values per id; unknown ids come back with missing values (None/NaN)."""
+        return pd.DataFrame(self.online_columns(entity_ids, features))
 

@@ -101,21 +101,21 @@ class ChurnTransformer(Model):
 
     def _lookup(self, entity_ids: list[int], revision: str) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        frame = self.features.online_features(entity_ids, self.feature_refs)
+        columns = self.features.online_columns(entity_ids, self.feature_refs)
         self.metrics.observe_feature_lookup(revision, time.perf_counter() - started)
-        values = frame[list(self.schema.names)]
-        missing = values.isna()
-        unknown = [entity_ids[i] for i in range(len(entity_ids)) if missing.iloc[i].all()]
+        names = self.schema.names
+        rows = [{name: columns[name][i] for name in names} for i in range(len(entity_ids))]
+        absent = [[name for name in names if _is_missing(row[name])] for row in rows]
+        unknown = [entity_ids[i] for i, missing in enumerate(absent) if len(missing) == len(names)]
         if unknown:
             raise InvalidRequest(f"unknown {self.spec.entity} {unknown}: no features in the online store",
                                  status=404)
-        incomplete = [i for i in range(len(entity_ids)) if missing.iloc[i].any()]
+        incomplete = [i for i, missing in enumerate(absent) if missing]
         if incomplete:
             i = incomplete[0]
-            absent = [name for name in self.schema.names if missing.iloc[i][name]]
-            raise InvalidRequest(f"{self.spec.entity} {entity_ids[i]} has no value for features {absent}",
+            raise InvalidRequest(f"{self.spec.entity} {entity_ids[i]} has no value for features {absent[i]}",
                                  status=422)
-        return values.to_dict("records")
+        return rows
 
     def _forward_headers(self, headers: dict | None) -> dict:
         headers = headers or {}
@@ -171,6 +171,10 @@ class ChurnTransformer(Model):
              "score": score, "prediction": predicted, "model_version": version, "revision": pending.revision}
             for request_id, entity_id, row, score, predicted
             in zip(request_ids, pending.entity_ids, pending.rows, scores, classes))
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # None or NaN
 
 
 def _error_message(response: httpx.Response) -> str:
