@@ -3,6 +3,8 @@
 
 import dagster as dg
 
+from mlops_assets.settings import Settings
+
 from .client import CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 
 
@@ -64,6 +66,22 @@ def rollback_champion(context: dg.OpExecutionContext, registry: dg.ResourceParam
     return {"champion": moves[0].to_version, "rolled_back_from": moves[0].from_version}
 
 
-@dg.job(description="Move @champion back to @previous; re-materialize inference_service to serve it.")
+@dg.op(description="If an endpoint is serving, roll the restored champion out to it (canary, smoke test, promote).")
+def serve_restored_champion(context: dg.OpExecutionContext, settings: dg.ResourceParam[Settings],
+                            rolled_back: dict) -> dict:
+    from mlops_assets.deployment.assets import RolloutConfig
+    from mlops_assets.deployment.rollout import RolloutFailed, roll_out, serving_health
+
+    if serving_health(settings, rolled_back["champion"])["serving_version"] is None:
+        context.log.info("nothing is serving: the restored champion will be served by the next inference_service")
+        return {"served": False}
+    try:
+        result = roll_out(settings, rolled_back["champion"], RolloutConfig(), log=context.log.info)
+    except RolloutFailed as failed:
+        raise dg.Failure(description=f"@champion is v{rolled_back['champion']} but serving it failed: {failed}") from failed
+    return {"served": True, **result}
+
+
+@dg.job(description="Move @champion back to @previous and serve it wherever an endpoint is running.")
 def rollback():
-    rollback_champion()
+    serve_restored_champion(rollback_champion())

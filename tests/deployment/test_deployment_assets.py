@@ -84,3 +84,18 @@ def test_batch_predictions_score_every_entity_with_the_champion(served):
     sample = table.sample(20, random_state=0)
     expected = registry.load_model(champion).predict_proba(latest.loc[sample[spec.entity], spec.features])[:, 1]
     assert np.allclose(sample["score"].to_numpy(), expected)
+
+
+def test_rollback_job_restores_the_previous_champion_and_serves_it(served):
+    platform, backend, _ = served
+    registry = platform.resource("registry")
+    current, previous = registry.version_of("champion"), registry.version_of("previous")
+    assert previous and previous != current
+    job = platform.defs.resolve_job_def("rollback")
+    result = job.execute_in_process(instance=platform.instance, resources=platform.defs.resources)
+    assert result.success
+    assert registry.version_of("champion") == previous
+    assert result.output_for_node("serve_restored_champion")["served"]
+    status = backend.status()
+    assert str(status["revisions"]["stable"]["model_version"]) == previous and not (status["revisions"].get("canary") or {})
+    assert registry.audit_log()[-2].reason == "manual rollback"
