@@ -98,6 +98,19 @@ def _await_retrain(stages: Stages, instance, after: float, registry, backend) ->
     return outcome
 
 
+def _move_previous_state_aside(settings) -> None:
+    """The story needs a fresh start (a champion already trained on drifted data has nothing to
+    learn); earlier state is moved, never deleted."""
+    from mlops_assets.serving.backend_local import LocalServingBackend
+
+    if not any((settings.home / part).exists() for part in ("dagster", "mlflow", "data", "serving")):
+        return
+    LocalServingBackend(settings).stop()
+    aside = settings.home.with_name(f"{settings.home.name}.previous-{datetime.now():%Y%m%d-%H%M%S}")
+    settings.home.rename(aside)
+    print(f"earlier state moved to {aside} (--keep-state runs on it instead)")
+
+
 def demo(args) -> int:
     from mlops_assets.definitions import build_definitions
     from mlops_assets.loop import BUILD_SELECTION, Daemon, materialize, open_instance
@@ -105,6 +118,8 @@ def demo(args) -> int:
     from mlops_assets.serving.backend_local import LocalServingBackend
 
     settings = get_settings()
+    if not args.keep_state:
+        _move_previous_state_aside(settings)
     settings.ensure_dirs()
     defs, instance = build_definitions(settings), open_instance(settings)
     registry, backend, stages = ModelRegistry(settings), LocalServingBackend(settings), Stages()
@@ -206,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     run_demo.add_argument("--drift-requests", type=int, default=3_000, help="drifted requests in the first batch")
     run_demo.add_argument("--scenario", default="price_rise", help="drift scenario to inject")
     run_demo.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=True)
+    run_demo.add_argument("--keep-state", action="store_true",
+                          help="run on the existing MLOPS_HOME instead of moving it aside first")
     run_demo.set_defaults(handler=demo)
     sim = commands.add_parser("simulate", help="send scenario traffic, then deliver its labels")
     sim.add_argument("--scenario", default="baseline")
