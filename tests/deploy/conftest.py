@@ -52,6 +52,21 @@ def kustomize(kubectl: str, directory: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """Request handler base for the stand-ins: quiet, and answers JSON."""
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 for a test stand-in; subclasses give ``_handler()``."""
 
@@ -106,18 +121,7 @@ class KubeStandIn(LoopbackServer):
     def _handler(self):
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _reply(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _record(self, body: bytes) -> None:
                 parts = urlsplit(self.path)
                 stand_in.requests.append({

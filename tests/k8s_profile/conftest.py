@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.deploy.conftest import KubeStandIn, LoopbackServer
+from tests.deploy.conftest import JsonHandler, KubeStandIn, LoopbackServer
 
 AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1"}
@@ -92,18 +91,7 @@ class ServiceStandIn(LoopbackServer):
     def _handler(self):
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _serve(self, body: bytes):
                 route, _, rest = self.path.lstrip("/").partition("/")
                 stand_in.requests.append({"method": self.command, "route": route, "path": "/" + rest,
