@@ -25,7 +25,16 @@ DEFAULT_DRIFT_SHARE_THRESHOLD = 0.3
 DEFAULT_COOLDOWN_MINUTES = 10.0
 SENSOR_INTERVAL_SECONDS = 15  # the loop's latency budget is about a minute
 
-retrain_job = dg.define_asset_job("retrain_job", selection=dg.AssetSelection.assets(*RETRAIN_ASSETS))
+_settings = get_settings()
+
+
+def retrain_assets(profile: str) -> tuple[str, ...]:
+    """In ``k8s`` the rollout is its own job on ``k8s_job_executor``, started by a sensor on a new
+    champion (mlops_assets.deployment.k8s); locally the retrain run rolls out itself."""
+    return RETRAIN_ASSETS if profile == "local" else tuple(a for a in RETRAIN_ASSETS if a != "inference_service")
+
+
+retrain_job = dg.define_asset_job("retrain_job", selection=dg.AssetSelection.assets(*retrain_assets(_settings.profile)))
 drift_check_job = dg.define_asset_job("drift_check_job", selection=dg.AssetSelection.assets("drift_report"))
 
 
@@ -145,7 +154,6 @@ def build_performance_sensor(cooldown_minutes: float = DEFAULT_COOLDOWN_MINUTES)
     return performance_sensor
 
 
-_settings = get_settings()
 drift_sensor = build_drift_sensor(_settings.drift_threshold, _settings.retrain_cooldown_minutes)
 performance_sensor = build_performance_sensor(_settings.retrain_cooldown_minutes)
 

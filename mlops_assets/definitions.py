@@ -18,21 +18,24 @@ LAYERS = (data_assets, feature_assets, training_assets, registry_assets, deploym
           monitoring_assets, drift_assets)
 
 
-def profile_jobs(settings: Settings) -> list:
-    """Jobs only a profile has: in ``k8s``, the deploy job on ``k8s_job_executor``."""
+def profile_automation(settings: Settings) -> tuple[list, list]:
+    """(jobs, sensors) only a profile has: in ``k8s``, the deploy job on ``k8s_job_executor`` and
+    the sensor that starts it for every new champion."""
     if settings.profile == "k8s":
-        from mlops_assets.deployment.k8s import deploy_job
+        from mlops_assets.deployment.k8s import deploy_job, deploy_on_new_champion
 
-        return [deploy_job(settings)]
-    return []
+        job = deploy_job(settings)
+        return [job], [deploy_on_new_champion(job)]
+    return [], []
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    jobs, sensors = profile_automation(settings)
     return dg.Definitions(
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
-        jobs=[*automation.JOBS, registry_assets.rollback, *profile_jobs(settings)],
-        sensors=automation.SENSORS,
+        jobs=[*automation.JOBS, registry_assets.rollback, *jobs],
+        sensors=[*automation.SENSORS, *sensors],
         schedules=automation.SCHEDULES,
         resources=build_resources(settings),
         executor=dg.in_process_executor if settings.profile == "local" else None,

@@ -639,6 +639,22 @@ def deploy_job(settings: Settings):
                                            "the step runs as its own Kubernetes Job (k8s_job_executor).")
 
 
+def deploy_on_new_champion(job):
+    """Each new ``champion_model`` materialization (a passed gate) starts ``job``, once."""
+    import dagster as dg
+
+    @dg.asset_sensor(asset_key=dg.AssetKey("champion_model"), job=job, name="deploy_new_champion",
+                     default_status=dg.DefaultSensorStatus.RUNNING,
+                     description="Roll out every new @champion with the deploy job (k8s_job_executor).")
+    def deploy_new_champion(context, asset_event):  # no annotations: this module defers them
+        version = asset_event.asset_materialization.metadata.get("champion_version")
+        version = getattr(version, "value", version)
+        return dg.RunRequest(run_key=f"champion-{version}-{asset_event.timestamp}",
+                             tags={"mlops/trigger": "new_champion", "mlops/champion_version": str(version)})
+
+    return deploy_new_champion
+
+
 def resolved_executor_config(settings: Settings) -> dict:
     """The executor config as Dagster validates and fills it in for a run (defaults included)."""
     import dagster as dg

@@ -39,6 +39,8 @@ print(json.dumps({
     "deploy_job": {"executor": deploy.executor_def.name,
                    "assets": sorted(k.to_user_string() for k in deploy.asset_layer.executable_asset_keys)},
     "jobs": sorted(jobs),
+    "retrain_assets": sorted(k.to_user_string() for k in jobs["retrain_job"].asset_layer.executable_asset_keys),
+    "sensors": sorted(f"{s.name} -> {s.job_name}" for s in defs.sensors),
 }))
 """
 
@@ -66,6 +68,9 @@ def test_k8s_definitions_load_with_every_resource_resolved_from_the_environment(
     assert (probe["k8s_api"], probe["deploy_mode"], probe["ready_timeout_s"]) == ("https://10.0.0.1:443", "apply", 300.0)
     assert probe["deploy_job"] == {"executor": k8s.DEPLOY_EXECUTOR_NAME, "assets": ["inference_service"]}
     assert "deploy_job" in probe["jobs"] and "retrain_job" in probe["jobs"]
+    # the rollout leaves the retrain run: a sensor starts the deploy job for each new champion
+    assert "inference_service" not in probe["retrain_assets"] and "champion_model" in probe["retrain_assets"]
+    assert "deploy_new_champion -> deploy_job" in probe["sensors"]
 
 
 @pytest.mark.integration
@@ -161,6 +166,20 @@ def test_deploy_job_runs_on_k8s_job_executor_with_image_service_account_namespac
 
 
 def test_local_profile_has_no_deploy_job():
-    from mlops_assets.definitions import profile_jobs
+    from mlops_assets.definitions import profile_automation
 
-    assert profile_jobs(get_settings({})) == []
+    assert profile_automation(get_settings({})) == ([], [])
+
+
+def test_a_new_champion_starts_the_deploy_job_once(tmp_path):
+    settings = get_settings(k8s_env(tmp_path / "home"))
+    sensor = k8s.deploy_on_new_champion(k8s.deploy_job(settings))
+    assert sensor.job_name == "deploy_job"
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("champion_model", metadata={"champion_version": "7"}))
+        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        [request] = first.run_requests
+        assert {k: v for k, v in request.tags.items() if k.startswith("mlops/")} == {
+            "mlops/trigger": "new_champion", "mlops/champion_version": "7"}
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        assert again.run_requests == []
