@@ -122,12 +122,12 @@ def _latest_retrain_run(instance: dg.DagsterInstance):
 def retrain_run_config() -> dict:
     """Run config for automatic retrains, from ``$MLOPS_HOME/retrain.yaml`` if present
     (e.g. another model type, or a tolerance for the gate)."""
-    path = get_settings().home / "retrain.yaml"
+    path = _settings.home / "retrain.yaml"
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def default_status() -> dg.DefaultSensorStatus:
-    local = get_settings().profile == "local"
+    local = _settings.profile == "local"
     return dg.DefaultSensorStatus.RUNNING if local else dg.DefaultSensorStatus.STOPPED
 
 

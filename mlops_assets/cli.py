@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 
 from mlops_assets.settings import SettingsError, get_settings
 
-
 LOOP_STAGE = "drift sensor -> retrain -> gate -> canary rollout"
 
 
@@ -81,7 +80,11 @@ def _drift_report(stages: Stages, defs, instance, since: datetime) -> dict:
 
 
 def _await_retrain(stages: Stages, instance, after: float, registry, backend) -> dict:
-    from mlops_assets.loop import run_step_events, step_durations, wait_for_triggered_run
+    from mlops_assets.loop import (
+        run_step_events,
+        step_durations,
+        wait_for_triggered_run,
+    )
 
     run = wait_for_triggered_run(instance, after, on_tick=stages.note)
     steps = run_step_events(instance, run.run_id)
@@ -192,7 +195,12 @@ def simulate(args) -> int:
 
 
 def status(args) -> int:
-    from mlops_assets.registry.client import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry
+    from mlops_assets.registry.client import (
+        CHALLENGER,
+        CHAMPION,
+        PREVIOUS,
+        ModelRegistry,
+    )
     from mlops_assets.serving.backend_local import LocalServingBackend
 
     settings = get_settings()

@@ -21,6 +21,7 @@ from typing import Callable
 import dagster as dg
 import httpx
 
+from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
 # Everything but the monitoring assets, which need traffic first.
@@ -111,12 +112,9 @@ def send_traffic(settings: Settings, scenario: str, requests: int, seed: int, ra
 
 def deliver_labels(settings: Settings, labels: dict[str, int]) -> Path:
     """The feedback path: a JSON Lines file dropped where monitoring reads labels."""
-    folder = settings.serving_dir / "labels"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"labels-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
-    partial = path.with_suffix(".partial")
-    partial.write_text("".join(json.dumps({"request_id": rid, "label": label}) + "\n" for rid, label in labels.items()))
-    os.replace(partial, path)  # monitoring never sees half a file
+    path = settings.serving_dir / "labels" / f"labels-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
+    atomic_write_text(path, "".join(json.dumps({"request_id": rid, "label": label}) + "\n"
+                                    for rid, label in labels.items()))
     return path
 
 

@@ -5,8 +5,8 @@ import pandas as pd
 
 from mlops_assets.settings import Settings
 
-from .generator import SCENARIOS, generate_churn
 from .feedback import labelled_feedback
+from .generator import SCENARIOS, generate_churn
 from .load import read_source
 from .schema import validate_dataset
 from .spec import DatasetSpecError

@@ -183,15 +183,16 @@ def _release_values(manifest: dict) -> tuple[str, str, str, int]:
             predictor.get("canaryTrafficPercent", 100))
 
 
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def commit_gitops_change(repo_dir: Path, paths: Iterable[Path], message: str) -> str:
     """Commit the written manifests; returns the new commit's sha (Argo CD syncs from it)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo_dir), *args], check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    git("add", "--", *(str(p) for p in paths))
-    git("commit", "-m", message)
-    return git("rev-parse", "HEAD")
+    _git(repo_dir, "add", "--", *(str(p) for p in paths))
+    _git(repo_dir, "commit", "-m", message)
+    return _git(repo_dir, "rev-parse", "HEAD")
 
 
 # --- the Kubernetes API ----------------------------------------------------------------------------
@@ -397,9 +398,7 @@ def smoke_test_url(settings: Settings, url: str, revision: str, model_version: s
     """``config.smoke_requests`` V1 predictions (one entity id each) to ``url``: every answer is
     checked like the local smoke test does; error rate and p99 are measured by the client, since the
     servers' /metrics are scraped by Prometheus in the cluster, not reachable through the ingress."""
-    import httpx
-
-    from mlops_assets.serving.smoke import _check_one, default_entity_ids
+    from mlops_assets.serving.smoke import default_entity_ids, send_checked_requests
 
     n_requests = max(1, int(config.smoke_requests))
     ids = default_entity_ids(settings)
@@ -407,22 +406,10 @@ def smoke_test_url(settings: Settings, url: str, revision: str, model_version: s
         return {"passed": False, "revision": revision, "url": url, "reason": "no entity ids to send"}
     entity = settings.dataset_spec().entity
     predict = f"{url.rstrip('/')}/v1/models/{settings.model_name}:predict"
-    latencies, problems = [], []
-    with httpx.Client(timeout=10.0) as client:
-        for i in range(n_requests):
-            started = time.perf_counter()
-            problem = _check_one(client, predict, revision, {entity: ids[i % len(ids)]}, model_version)
-            latencies.append((time.perf_counter() - started) * 1000)
-            if problem:
-                problems.append(problem)
-    latencies.sort()
-    error_rate = len(problems) / n_requests
-    result = {
-        "revision": revision, "url": url, "model_version": model_version, "requests": n_requests,
-        "failed_requests": len(problems), "problems": problems[:5], "error_rate": error_rate,
-        "client_p50_ms": round(latencies[len(latencies) // 2], 2),
-        "client_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
-    }
+    answers = send_checked_requests(predict, revision, [{entity: ids[i % len(ids)]} for i in range(n_requests)],
+                                    model_version)
+    error_rate = answers["failed_requests"] / n_requests
+    result = {"revision": revision, "url": url, "model_version": model_version, **answers, "error_rate": error_rate}
     result["checks"] = {"error_rate_ok": error_rate <= config.max_error_rate,
                         "latency_ok": result["client_p99_ms"] <= config.max_p99_ms}
     result["passed"] = all(result["checks"].values())
@@ -430,19 +417,12 @@ def smoke_test_url(settings: Settings, url: str, revision: str, model_version: s
 
 
 def _checked_smoke(settings: Settings, url: str | None, revision: str, version: str, config) -> dict:
-    from mlops_assets.deployment.rollout import RolloutFailed
+    from mlops_assets.deployment.rollout import RolloutFailed, require_passed
 
     if not url:
         raise RolloutFailed(f"the InferenceService status reports no URL for the {revision} revision"
                             + (" (is serving.kserve.io/enable-tag-routing set?)" if revision == "canary" else ""))
-    smoke = smoke_test_url(settings, url, revision, version, config)
-    if not smoke["passed"]:
-        failed = [name for name, ok in (smoke.get("checks") or {}).items() if not ok]
-        detail = "; ".join(smoke.get("problems") or [])
-        raise RolloutFailed(f"smoke test of the {revision} revision at {url} failed: "
-                            f"{', '.join(failed) or smoke.get('reason', 'unknown reason')}"
-                            + (f" ({detail})" if detail else ""), smoke)
-    return smoke
+    return require_passed(smoke_test_url(settings, url, revision, version, config), revision, f" at {url}")
 
 
 def _result(status: Mapping[str, Any], version: str, action: str, smoke: dict) -> dict:
@@ -530,25 +510,21 @@ def _commit_release(settings: Settings, model_uri: str, version: str, config, lo
     if path is None:
         raise RolloutFailed("MLOPS_GITOPS_PATH is not set: gitops mode needs the release file to write")
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                              text=True).stdout.strip()
-
     path.parent.mkdir(parents=True, exist_ok=True)
     repo = path.parent
     try:
-        repo = Path(git("rev-parse", "--show-toplevel"))
+        repo = Path(_git(repo, "rev-parse", "--show-toplevel"))
         manifest = render_inference_service(settings, model_uri, version, settings.image,
                                             config.canary_percent)
         write_gitops_manifest(path, manifest)
-        if git("status", "--porcelain", "--", str(path)):
+        if _git(repo, "status", "--porcelain", "--", str(path)):
             message = f"deploy({settings.model_name}): v{version} at {config.canary_percent}% canary"
             sha = commit_gitops_change(repo, [path], message)
             action = f"committed {path.relative_to(repo)} for Argo CD"
         else:
-            sha, action = git("rev-parse", "HEAD"), "unchanged (release already committed)"
+            sha, action = _git(repo, "rev-parse", "HEAD"), "unchanged (release already committed)"
         if settings.gitops_remote:
-            git("push", settings.gitops_remote, "HEAD")
+            _git(repo, "push", settings.gitops_remote, "HEAD")
             action += f", pushed to {settings.gitops_remote}"
     except subprocess.CalledProcessError as exc:
         raise RolloutFailed(f"gitops release in {repo} (MLOPS_GITOPS_PATH={path}) failed: "

@@ -38,7 +38,10 @@ def roll_out(settings: Settings, version: str, config, log: Callable[[str], Any]
 
 
 def _roll_out_local(settings: Settings, version: str, config, log) -> dict:
-    from mlops_assets.serving.backend_local import LocalServingBackend, ServingBackendError
+    from mlops_assets.serving.backend_local import (
+        LocalServingBackend,
+        ServingBackendError,
+    )
 
     backend = LocalServingBackend(settings)
     status = backend.status()
@@ -67,12 +70,18 @@ def _roll_out_local(settings: Settings, version: str, config, log) -> dict:
 
 
 def _checked(settings: Settings, revision: str, config) -> dict:
-    smoke = _smoke(settings, revision, config)
-    if not smoke.get("passed"):
-        failed = [name for name, ok in (smoke.get("checks") or {}).items() if not ok]
-        raise RolloutFailed(f"smoke test of the {revision} revision failed: "
-                            f"{', '.join(failed) or smoke.get('reason', 'unknown reason')}", smoke)
-    return smoke
+    return require_passed(_smoke(settings, revision, config), revision)
+
+
+def require_passed(smoke: dict, revision: str, where: str = "") -> dict:
+    """The smoke result, or RolloutFailed naming the failed checks and the first problems."""
+    if smoke.get("passed"):
+        return smoke
+    failed = [name for name, ok in (smoke.get("checks") or {}).items() if not ok]
+    detail = "; ".join(smoke.get("problems") or [])
+    raise RolloutFailed(f"smoke test of the {revision} revision{where} failed: "
+                        f"{', '.join(failed) or smoke.get('reason', 'unknown reason')}"
+                        + (f" ({detail})" if detail else ""), smoke)
 
 
 def _finish(backend, revision: str, version: str, action: str, smoke: dict) -> dict:
@@ -92,7 +101,7 @@ def serving_health(settings: Settings, champion: str | None) -> dict:
     serving = _serving_version(status, "stable") if status.get("running") else None
     healthy = serving is not None and serving == champion
     summary = (f"serving v{serving} at {status.get('endpoint')}" if healthy else
-               f"endpoint not running" if not status.get("running") else
+               "endpoint not running" if not status.get("running") else
                f"stable revision serves v{serving}, but @champion is v{champion}")
     return {"healthy": healthy, "summary": summary, "serving_version": serving, "champion": champion,
             "endpoint": status.get("endpoint"), "canary_percent": status.get("canary_percent")}

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlops_assets.atomic import atomic_write_text
 from mlops_assets.monitoring.prediction_log import frame_hash
 
 QUANTILES = 1000
@@ -130,10 +131,7 @@ def load_or_build_profile(reference: pd.DataFrame, cache_dir: Path | None = None
     else:
         profile = build_profile(reference)
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(profile)))
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a profile
+            atomic_write_text(path, json.dumps(asdict(profile)))
     if len(_PROFILE_CACHE) >= PROFILES_IN_MEMORY:
         _PROFILE_CACHE.pop(next(iter(_PROFILE_CACHE)))  # oldest first
     _PROFILE_CACHE[key] = profile

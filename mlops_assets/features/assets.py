@@ -1,12 +1,12 @@
 """Feature layer: the offline feature table and the Feast store (apply + materialize)."""
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from mlops_assets.atomic import atomic_path
 from mlops_assets.settings import Settings
 
 from .store import FeatureStoreClient
@@ -17,11 +17,8 @@ def write_offline_table(frame: pd.DataFrame, destination: str) -> None:
     if destination.startswith("s3://"):
         frame.to_parquet(destination, index=False)
         return
-    path = Path(destination)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".parquet.partial")
-    frame.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    with atomic_path(Path(destination)) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 @dg.asset(group_name="features", code_version="1",

@@ -8,8 +8,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from mlops_assets.atomic import atomic_path
 from mlops_assets.monitoring.loop_metrics import write_loop_gauges
-from mlops_assets.monitoring.prediction_log import LABEL_COLUMN, frame_hash, read_prediction_log
+from mlops_assets.monitoring.prediction_log import (
+    LABEL_COLUMN,
+    frame_hash,
+    read_prediction_log,
+)
 from mlops_assets.settings import Settings
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01")
@@ -36,10 +41,8 @@ def partition_path(settings: Settings, day: str, version: str) -> Path:
 
 def write_partition(frame: pd.DataFrame, path: Path) -> None:
     """Write whole or not at all: a crash never leaves a truncated Parquet behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 @dg.asset(group_name="monitoring", partitions_def=DAILY, code_version="1")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import fcntl
 import math
-import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import Settings
 
 # keyword accepted by write_loop_gauges -> (metric name from docs/CONTRACTS.md, help text)
@@ -48,7 +47,7 @@ def write_loop_gauges(settings: Settings, **values: float | int | None) -> Path:
             samples.pop((metric, settings.model_name), None)
             if value is not None:
                 samples[(metric, settings.model_name)] = value
-        _atomic_write(path, _render(samples))
+        atomic_write_text(path, _render(samples))
     return path
 
 
@@ -107,18 +106,6 @@ def _escape(label_value: str) -> str:
     return label_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the ingress may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

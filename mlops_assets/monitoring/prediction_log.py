@@ -9,16 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from mlops_assets.serving.prediction_log import log_files
 from mlops_assets.settings import Settings
 
 META_COLUMNS = ["request_id", "ts", "entity_id", "score", "prediction", "model_version", "revision"]
 LABEL_COLUMN = "label"
-_LOG_FILE = re.compile(r"^predictions-(\d{10})(?:-\d+)?\.jsonl$")
 _REQUEST_ID = re.compile(r'"request_id"\s*:\s*"([^"\\]*)"')
 # A writer may stamp a request a moment before rotating; read one hour either side of the window.
 _FILE_SLACK = timedelta(hours=1)
@@ -66,21 +66,11 @@ def _as_utc(moment: datetime) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def _file_hour(path: Path) -> pd.Timestamp | None:
-    match = _LOG_FILE.match(path.name)
-    if not match:
-        return None
-    return pd.Timestamp(datetime.strptime(match.group(1), "%Y%m%d%H").replace(tzinfo=timezone.utc))
-
-
 def _split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
                      ) -> tuple[list[Path], list[Path]]:
     """Log files that may hold rows of the window, and all the other log files."""
     inside, outside = [], []
-    for path in sorted(log_dir.glob("predictions-*.jsonl")) if log_dir.is_dir() else []:
-        hour = _file_hour(path)
-        if hour is None:
-            continue
+    for path, hour in log_files(log_dir):  # the writer's own naming and order
         near = start.floor("h") - _FILE_SLACK <= hour < end + _FILE_SLACK
         (inside if near else outside).append(path)
     return inside, outside

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
 PROMETHEUS_DEPLOY_DIR = PROJECT_ROOT / "deploy" / "monitoring" / "prometheus"
@@ -72,12 +73,7 @@ def targets_file(settings: Settings) -> Path:
 def write_targets_file(path: Path, targets: Iterable[str], labels: dict[str, str] | None = None) -> Path:
     """Write a one-group file-SD JSON atomically (Prometheus may read it at any moment)."""
     groups = [{"targets": list(targets), "labels": dict(labels or {})}]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(groups, handle, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(groups, indent=2))
     return path
 
 

@@ -7,7 +7,6 @@ from mlops_assets.settings import Settings
 
 from .client import CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 
-
 GATES = ("beats_champion", "meets_floor")
 
 

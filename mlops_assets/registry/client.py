@@ -60,7 +60,6 @@ class ModelRegistry:
         mlflow.set_registry_uri(uri)
 
     def _connect(self):
-        import mlflow
         from mlflow import MlflowClient
 
         uri = self.settings.mlflow_tracking_uri
@@ -112,7 +111,9 @@ class ModelRegistry:
         return str(version.version)
 
     def _wait_ready(self, version: str) -> None:
-        from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+        from mlflow.entities.model_registry.model_version_status import (
+            ModelVersionStatus,
+        )
 
         status = self.client.get_model_version(self.name, version).status
         if status != ModelVersionStatus.to_string(ModelVersionStatus.READY):

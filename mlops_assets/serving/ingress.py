@@ -30,8 +30,14 @@ from pathlib import Path
 import httpx
 import orjson
 
+from mlops_assets.atomic import atomic_write_text
 from mlops_assets.serving.metrics import exposition, ingress_series
-from mlops_assets.serving.server import REVISION_HEADER, ServingError, read_body, send_json
+from mlops_assets.serving.server import (
+    REVISION_HEADER,
+    ServingError,
+    read_body,
+    send_json,
+)
 from mlops_assets.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger("mlops.serving.ingress")
@@ -56,10 +62,7 @@ def free_port() -> int:
 
 
 def write_json_atomically(path: Path, content) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(content, indent=2))
 
 
 def _die_with_parent() -> None:

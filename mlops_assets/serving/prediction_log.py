@@ -10,6 +10,7 @@ in a Python buffer).
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -17,6 +18,7 @@ from typing import Iterable, Mapping
 import orjson
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+LOG_FILE = re.compile(r"^predictions-(\d{10})(?:-(\d+))?\.jsonl$")
 
 
 class PredictionLog:
@@ -57,18 +59,25 @@ class PredictionLog:
             index += 1
 
 
+def log_files(directory: Path) -> list[tuple[Path, datetime]]:
+    """The log files in write order (hour, then part), each with the UTC hour it covers."""
+    directory = Path(directory)
+    found = []
+    for path in directory.glob("predictions-*.jsonl") if directory.is_dir() else []:
+        match = LOG_FILE.match(path.name)
+        if match:
+            found.append((match.group(1), int(match.group(2) or 0), path))
+    return [(path, datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=timezone.utc))
+            for hour, _, path in sorted(found)]
+
+
 def read_prediction_log(directory: Path) -> list[dict]:
     """Every record in file order (hour, then part); a torn last line is skipped."""
     records = []
-    for path in sorted(Path(directory).glob("predictions-*.jsonl"), key=_log_file_order):
+    for path, _ in log_files(directory):
         for line in path.read_bytes().splitlines():
             try:
                 records.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 continue
     return records
-
-
-def _log_file_order(path: Path) -> tuple[str, int]:
-    parts = path.stem.split("-")  # predictions, hour[, N]
-    return parts[1], int(parts[2]) if len(parts) > 2 else 0

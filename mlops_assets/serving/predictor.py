@@ -22,8 +22,15 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from mlops_assets.serving.metrics import ServerMetrics
 from mlops_assets.serving.server import request_revision
 from mlops_assets.serving.validation import (
-    INTEGER, STRING, FeatureSchema, InvalidRequest, check_decoded, check_feature_rows, check_instances,
-    columns_from_v2_inputs, rows_to_columns,
+    INTEGER,
+    STRING,
+    FeatureSchema,
+    InvalidRequest,
+    check_decoded,
+    check_feature_rows,
+    check_instances,
+    columns_from_v2_inputs,
+    rows_to_columns,
 )
 from mlops_assets.settings import Settings
 

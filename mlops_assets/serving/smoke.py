@@ -72,38 +72,44 @@ def run_smoke_test(settings: Settings | None = None, *, revision: str = "canary"
     entity = settings.dataset_spec().entity
     server_labels = {"revision": revision, "role": "transformer"}
     before = scrape(url)
-    latencies, problems = [], []
-    with httpx.Client(timeout=10.0) as client:
-        for i in range(n_requests):
-            started = time.perf_counter()
-            problem = _check_one(client, f"{url}/v1/models/{state['model_name']}:predict", revision,
-                                 {entity: ids[i % len(ids)]}, expected_version)
-            latencies.append((time.perf_counter() - started) * 1000)
-            if problem:
-                problems.append(problem)
+    answers = send_checked_requests(f"{url}/v1/models/{state['model_name']}:predict", revision,
+                                    [{entity: ids[i % len(ids)]} for i in range(n_requests)], expected_version)
     after = scrape(url)
     requests = _sum(after, "mlops_requests_total", **server_labels) - _sum(before, "mlops_requests_total",
                                                                            **server_labels)
     errors = (_sum(after, "mlops_request_errors_total", **server_labels)
               - _sum(before, "mlops_request_errors_total", **server_labels))
-    latencies.sort()
     result = {
-        "revision": revision, "model_version": expected_version, "requests": n_requests,
-        "failed_requests": len(problems), "problems": problems[:5],
-        "client_p50_ms": round(latencies[len(latencies) // 2], 2),
-        "client_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
+        "revision": revision, "model_version": expected_version, **answers,
         "server_requests": int(requests), "server_error_rate": (errors / requests) if requests else None,
         "server_p99_latency_ms": _ms(histogram_quantile(before, after, "mlops_request_latency_seconds", 0.99,
                                                         **server_labels)),
     }
     result["checks"] = {
-        "all_answers_valid": not problems,
+        "all_answers_valid": not answers["failed_requests"],
         "server_saw_requests": requests >= n_requests,
         "error_rate_ok": requests > 0 and errors / requests <= max_error_rate,
         "latency_ok": result["server_p99_latency_ms"] is not None and result["server_p99_latency_ms"] <= max_p99_ms,
     }
     result["passed"] = all(result["checks"].values())
     return result
+
+
+def send_checked_requests(predict_url: str, revision: str, instances: Sequence[dict], version: str) -> dict:
+    """One V1 request per instance, each answer checked; the counts, first problems and client latency."""
+    latencies, problems = [], []
+    with httpx.Client(timeout=10.0) as client:
+        for instance in instances:
+            started = time.perf_counter()
+            problem = _check_one(client, predict_url, revision, instance, version)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if problem:
+                problems.append(problem)
+    latencies.sort()
+    return {"requests": len(instances), "failed_requests": len(problems), "problems": problems[:5],
+            "client_p50_ms": round(latencies[len(latencies) // 2], 2) if latencies else None,
+            "client_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2)
+            if latencies else None}
 
 
 def _check_one(client: httpx.Client, url: str, revision: str, instance: dict, version: str) -> str | None:

@@ -24,9 +24,16 @@ from mlops_assets.serving.metrics import ServerMetrics
 from mlops_assets.serving.prediction_log import PredictionLog
 from mlops_assets.serving.server import REVISION_HEADER, request_revision
 from mlops_assets.serving.validation import (
-    FeatureSchema, InvalidRequest, ServingError, check_decoded, check_entity_id, check_feature_row, check_instances,
+    FeatureSchema,
+    InvalidRequest,
+    ServingError,
+    check_decoded,
+    check_entity_id,
+    check_feature_row,
+    check_instances,
 )
 from mlops_assets.settings import Settings
+
 
 class PredictorUnavailable(ServingError):
     """The predictor could not be reached or failed; the ingress may retry another revision."""

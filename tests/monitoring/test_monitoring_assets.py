@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
 
 import dagster as dg
 import pandas as pd

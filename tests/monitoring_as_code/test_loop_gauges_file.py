@@ -8,7 +8,7 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlops_assets.monitoring import loop_metrics
+from mlops_assets import atomic
 from mlops_assets.monitoring.loop_metrics import (
     loop_metrics_path, read_loop_gauges, read_loop_gauges_text, write_loop_gauges,
 )
@@ -81,7 +81,7 @@ def test_a_failed_replace_keeps_the_old_file_and_no_temp_file(settings, monkeypa
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(loop_metrics.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)  # the shared whole-file writer loop_metrics uses
     with pytest.raises(OSError, match="disk full"):
         write_loop_gauges(settings, accuracy=0.1)
     assert read_loop_gauges_text(settings) == before

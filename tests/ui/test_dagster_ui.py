@@ -10,9 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
