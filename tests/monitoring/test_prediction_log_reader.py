@@ -56,3 +56,16 @@ def test_empty_window_returns_an_empty_frame_with_the_columns(settings):
     assert log.empty and {"request_id", "ts", "score", "label"} <= set(log.columns)
     assert stats == {"rows": 0, "bad_lines": 0, "files": 0, "labelled": 0,
                      "unknown_label_ids": 1, "bad_label_lines": 0}
+
+
+def test_log_files_come_in_write_order_for_writer_and_reader(tmp_path):
+    from mlops_assets.serving.prediction_log import log_files
+
+    for name in ("predictions-2026112709-1.jsonl", "predictions-2026112709.jsonl", "predictions-2026112708.jsonl",
+                 "predictions-2026112709-10.jsonl", "predictions-2026112709-2.jsonl", "notes.jsonl"):
+        (tmp_path / name).write_text("")
+    ordered = log_files(tmp_path)
+    assert [path.name for path, _ in ordered] == [
+        "predictions-2026112708.jsonl", "predictions-2026112709.jsonl", "predictions-2026112709-1.jsonl",
+        "predictions-2026112709-2.jsonl", "predictions-2026112709-10.jsonl"]
+    assert ordered[1][1].isoformat() == "2026-11-27T09:00:00+00:00"
