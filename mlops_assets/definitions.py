@@ -6,6 +6,7 @@ import dagster as dg
 from mlops_assets import automation
 from mlops_assets.data import assets as data_assets
 from mlops_assets.deployment import assets as deployment_assets
+from mlops_assets.deployment.rollback import rollback
 from mlops_assets.drift import assets as drift_assets
 from mlops_assets.features import assets as feature_assets
 from mlops_assets.monitoring import assets as monitoring_assets
@@ -34,7 +35,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
-        jobs=[*automation.JOBS, registry_assets.rollback, *jobs],
+        jobs=[*automation.JOBS, rollback, *jobs],
         sensors=[*automation.SENSORS, *sensors],
         schedules=automation.SCHEDULES,
         resources=build_resources(settings),

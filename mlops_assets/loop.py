@@ -30,12 +30,22 @@ BUILD_SELECTION = ["dataset", "feature_table", "feature_store", "training_set", 
                    "batch_predictions"]
 
 
+# The steps that move aliases or change serving share one pool (`mlops_release`): one at a time.
+INSTANCE_DEFAULTS = {"telemetry": {"enabled": False},
+                     "concurrency": {"pools": {"granularity": "op", "default_limit": 1}}}
+
+
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance in MLOPS_HOME, the one `dagster dev` and the daemon use."""
+    """The persistent instance in MLOPS_HOME, the one `dagster dev` and the daemon use; an existing
+    dagster.yaml keeps its settings and gains the defaults it lacks."""
+    import yaml
+
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    path = settings.dagster_home / "dagster.yaml"
+    config = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    merged = {**INSTANCE_DEFAULTS, **config}
+    if merged != config:
+        atomic_write_text(path, yaml.safe_dump(merged, sort_keys=False))
     return dg.DagsterInstance.from_config(str(settings.dagster_home))
 
 

@@ -8,17 +8,17 @@ import dagster as dg
 
 from mlops_assets.data.versioning import DataVersioner
 from mlops_assets.features.store import FeatureStoreClient
+from mlops_assets.io_manager import RunScopedIOManager
 from mlops_assets.registry.client import ModelRegistry
 from mlops_assets.settings import Settings
 
 
-def io_manager(settings: Settings):
+def io_manager(settings: Settings) -> RunScopedIOManager:
+    """Asset outputs per run (overlapping runs never read each other's), on S3 in ``k8s``."""
     if settings.profile == "k8s":
-        from dagster_aws.s3 import S3PickleIOManager, S3Resource
-
-        return S3PickleIOManager(s3_resource=S3Resource(endpoint_url=settings.s3_endpoint_url),
-                                 s3_bucket=settings.s3_bucket, s3_prefix="dagster-io")
-    return dg.FilesystemIOManager(base_dir=str(settings.io_manager_dir))
+        return RunScopedIOManager(s3_bucket=settings.s3_bucket, s3_prefix="dagster-io",
+                                  s3_endpoint_url=settings.s3_endpoint_url)
+    return RunScopedIOManager(base_dir=str(settings.io_manager_dir))
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from mlops_assets.data.versioning import DataVersioner
 from mlops_assets.features.store import FeatureStoreClient
+from mlops_assets.registry.assets import RELEASE_POOL, record_champion
 from mlops_assets.registry.client import CHAMPION, ModelRegistry
 from mlops_assets.settings import Settings
 
@@ -21,25 +22,45 @@ class RolloutConfig(dg.Config):
     max_p99_ms: float = 250.0
 
 
-@dg.asset(group_name="deployment", code_version="1",
+def serving_metadata(result: dict) -> dict:
+    return {"endpoint": dg.MetadataValue.url(result["endpoint"]) if result.get("endpoint") else "none",
+            "revision": result["revision"], "model_version": result["model_version"], "action": result["action"],
+            "smoke_test": dg.MetadataValue.json(result["smoke"])}
+
+
+def record_serving(context, result: dict, reason: str) -> None:
+    """An `inference_service` materialization for a rollout made outside the asset (the rollback job)."""
+    context.log_event(dg.AssetMaterialization(asset_key="inference_service", description=reason,
+                                              metadata={**serving_metadata(result), "reason": reason}))
+
+
+@dg.asset(group_name="deployment", code_version="2", pool=RELEASE_POOL,
           description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back).")
 def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
                       settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry],
                       champion_model: dict) -> dg.Output[dict]:
+    version = champion_model["version"]
+    current = registry.version_of(CHAMPION)
+    if current != version:
+        raise dg.Failure(description=(
+            f"v{version}, promoted by this run, is no longer @champion (now v{current or 'none'}): "
+            "not rolling it out; the run that moved @champion serves its own version"))
     try:
-        result = roll_out(settings, champion_model["version"], config, log=context.log.info)
+        result = roll_out(settings, version, config, log=context.log.info)
     except RolloutFailed as failed:
-        restored = registry.rollback(dagster_run_id=context.run.run_id,
-                                     reason=f"canary of v{champion_model['version']} failed: {failed}") \
+        restored = registry.rollback(dagster_run_id=context.run.run_id, reason=f"canary of v{version} failed: {failed}") \
             if registry.version_of("previous") else []
-        raise dg.Failure(description=f"rollout of v{champion_model['version']} rolled back: {failed}",
+        if restored:
+            record_champion(context, registry, restored[0].to_version, f"canary of v{version} failed; rolled back")
+        health = serving_health(settings, registry.version_of(CHAMPION))
+        context.log_event(dg.AssetObservation(
+            asset_key="inference_service", description=f"canary of v{version} rolled back; {health['summary']}",
+            metadata={"model_version": health["serving_version"] or "none", "failed_version": version}))
+        raise dg.Failure(description=f"rollout of v{version} rolled back: {failed}",
                          metadata={"smoke_test": dg.MetadataValue.json(failed.smoke),
                                    "champion_restored_to": restored[0].to_version if restored else "none"}) from failed
-    return dg.Output(result, data_version=dg.DataVersion(f"v{result['model_version']}"), metadata={
-        "endpoint": dg.MetadataValue.url(result["endpoint"]) if result.get("endpoint") else "none",
-        "revision": result["revision"], "model_version": result["model_version"], "action": result["action"],
-        "smoke_test": dg.MetadataValue.json(result["smoke"]),
-    })
+    return dg.Output(result, data_version=dg.DataVersion(f"v{result['model_version']}"),
+                     metadata=serving_metadata(result))
 
 
 @dg.asset_check(asset=inference_service, description="The endpoint answers and serves the champion.")

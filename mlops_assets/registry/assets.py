@@ -1,36 +1,55 @@
-"""Registry layer: `champion_model` moves @champion (and @previous) once the gates pass; the
-`rollback` job moves it back."""
+"""Registry layer: `champion_model` moves @champion (and @previous) once the gates pass (the
+`rollback` job in the deployment layer moves it back)."""
 
 import dagster as dg
-
-from mlops_assets.settings import Settings
 
 from .client import CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 
 GATES = ("beats_champion", "meets_floor")
+RELEASE_POOL = "mlops_release"  # every step that moves an alias or changes serving: one at a time
 
 
-def gate_reason(registry: ModelRegistry, version: str) -> str:
+def gate_reason(registry: ModelRegistry, version: str, run_ids: tuple[str, ...] = ()) -> str:
     """Why `version` may be promoted; refuses one whose blocking gates did not pass.
 
-    The blocking checks only skip `champion_model` when they run in the same run: materializing
-    `champion_model` on its own would otherwise promote whatever candidate was stored last.
+    With ``run_ids`` (this run and the runs it re-executes), the gates must also have been evaluated
+    by one of them, and `@champion` must still be the version the gate compared against.
     """
     tags = registry.version_info(version)["version_tags"]
     unpassed = {gate: tags.get(f"gate.{gate}", "not run") for gate in GATES if tags.get(f"gate.{gate}") != "passed"}
     if unpassed:
         raise RegistryError(f"refusing to promote {registry.name}/{version}: gate "
                             + ", ".join(f"{gate} {state}" for gate, state in unpassed.items()))
+    if run_ids and tags.get("gate.run_id") not in run_ids:
+        raise RegistryError(f"refusing to promote {registry.name}/{version}: its gates were evaluated by run "
+                            f"{tags.get('gate.run_id', 'unknown')}, not by this run")
+    gated_against, now = tags.get("gate.champion_version"), registry.version_of(CHAMPION) or "none"
+    if gated_against is not None and gated_against != now and now != version:
+        raise RegistryError(f"refusing to promote {registry.name}/{version}: the gate compared it with @champion "
+                            f"v{gated_against}, but @champion has moved to v{now} since; retrain to gate it again")
     return tags.get("gate.reason", "gates passed")
 
 
-@dg.asset(group_name="registry", code_version="1",
-          description="@champion points at the candidate that passed the gates; @previous at the one before.")
+def run_family(run) -> tuple[str, ...]:
+    """This run and the runs it re-executes: their outputs and gate results count as this run's."""
+    return tuple(dict.fromkeys(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r))
+
+
+@dg.asset(group_name="registry", code_version="2", pool=RELEASE_POOL,
+          description="@champion points at the candidate that this run trained and gated; @previous at the one before.")
 def champion_model(context: dg.AssetExecutionContext, registry: dg.ResourceParam[ModelRegistry],
                    candidate_model: dict) -> dg.Output[dict]:
     version = candidate_model["version"]
+    family = run_family(context.run)
     try:
-        moves = registry.promote(version, reason=gate_reason(registry, version), dagster_run_id=context.run.run_id)
+        already = registry.version_of(CHAMPION) == version  # re-materializing the champion: no alias moves
+        reason = gate_reason(registry, version, () if already else family)
+        if candidate_model.get("dagster_run_id") not in family and not already:
+            raise RegistryError(
+                f"refusing to promote {registry.name}/{version}: it was trained by run "
+                f"{candidate_model.get('dagster_run_id', 'unknown')}, not this one; champion_model promotes only "
+                "the candidate its own run trained and gated (materialize candidate_model with it)")
+        moves = registry.promote(version, reason=reason, dagster_run_id=context.run.run_id)
     except RegistryError as exc:
         raise dg.Failure(description=str(exc)) from exc
     previous = registry.version_of(PREVIOUS)
@@ -55,32 +74,10 @@ def aliases_resolve(registry: dg.ResourceParam[ModelRegistry]) -> dg.AssetCheckR
         metadata={"broken": dg.MetadataValue.json(broken)})
 
 
-@dg.op(description="Move @champion back to @previous (manual rollback).")
-def rollback_champion(context: dg.OpExecutionContext, registry: dg.ResourceParam[ModelRegistry]) -> dict:
-    try:
-        moves = registry.rollback(dagster_run_id=context.run.run_id)
-    except RegistryError as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    context.log.info(f"@champion -> v{moves[0].to_version} (was v{moves[0].from_version})")
-    return {"champion": moves[0].to_version, "rolled_back_from": moves[0].from_version}
-
-
-@dg.op(description="If an endpoint is serving, roll the restored champion out to it (canary, smoke test, promote).")
-def serve_restored_champion(context: dg.OpExecutionContext, settings: dg.ResourceParam[Settings],
-                            rolled_back: dict) -> dict:
-    from mlops_assets.deployment.assets import RolloutConfig
-    from mlops_assets.deployment.rollout import RolloutFailed, roll_out, serving_health
-
-    if serving_health(settings, rolled_back["champion"])["serving_version"] is None:
-        context.log.info("nothing is serving: the restored champion will be served by the next inference_service")
-        return {"served": False}
-    try:
-        result = roll_out(settings, rolled_back["champion"], RolloutConfig(), log=context.log.info)
-    except RolloutFailed as failed:
-        raise dg.Failure(description=f"@champion is v{rolled_back['champion']} but serving it failed: {failed}") from failed
-    return {"served": True, **result}
-
-
-@dg.job(description="Move @champion back to @previous and serve it wherever an endpoint is running.")
-def rollback():
-    serve_restored_champion(rollback_champion())
+def record_champion(context, registry: ModelRegistry, version: str, reason: str) -> None:
+    """A `champion_model` materialization for an alias move made outside the asset (rollbacks), so
+    the asset's page names the version that is champion now."""
+    context.log_event(dg.AssetMaterialization(
+        asset_key="champion_model", description=reason,
+        metadata={"champion_version": version, "previous_version": registry.version_of(PREVIOUS) or "none",
+                  "reason": reason}))

@@ -1,23 +1,33 @@
 """Training layer: point-in-time training frame, the fixed holdout, the candidate and its gates."""
 
+import math
 import subprocess
-from typing import Any
+from typing import Any, Optional
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets.data.versioning import DataVersioner
+from mlops_assets.data.versioning import DataVersioner, DataVersionError
 from mlops_assets.features.store import FeatureStoreClient
 from mlops_assets.registry.client import CHAMPION, ModelRegistry, RegistryError
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
-from .model import PRIMARY_METRIC, build_pipeline, log_model_artifacts, score
-from .split import TrainingDataError, split_by_time
+from .gate import GateConfigError, GatePlan, auc, compare, non_finite
+from .model import PRIMARY_METRIC, build_pipeline, log_model_artifacts, positive_scores, score
+from .split import SplitPlan, TrainingDataError, class_counts, split
+
+AUTOMATIC_TRIGGER_TAG = "mlops/trigger"  # set by the sensors and schedules: an automatic retrain
 
 
 class SplitConfig(dg.Config):
+    strategy: str = "time"  # time | stratified_time | random (see split.py)
     holdout_fraction: float = 0.2
+    seed: int = 0  # random strategy only
+    min_class_count: int = 10  # rows of each class each side must have
+
+    def plan(self) -> SplitPlan:
+        return SplitPlan(self.strategy, self.holdout_fraction, self.seed, self.min_class_count)
 
 
 @dg.multi_asset(
@@ -33,26 +43,38 @@ def training_and_holdout(context: dg.AssetExecutionContext, config: SplitConfig,
                          versioner: dg.ResourceParam[DataVersioner], dataset: pd.DataFrame):
     spec = settings.dataset_spec()
     labels = dataset[[spec.entity, spec.timestamp, spec.target]]
-    frame = features.historical_features(labels)
+    dataset_md5 = dataset.attrs.get("dataset_md5", "unknown")
+    plan = config.plan()
     try:
-        train, holdout = split_by_time(frame, spec, config.holdout_fraction)
+        frame = features.historical_features(labels)
+        train, holdout = split(frame, spec, plan, dataset_md5)
     except TrainingDataError as exc:
         raise dg.Failure(description=str(exc)) from exc
-    holdout_version = versioner.commit_table(holdout, "holdout", message="holdout window")
-    dataset_md5 = dataset.attrs.get("dataset_md5", "unknown")
+    holdout_version = versioner.commit_table(holdout, "holdout", message=f"holdout ({plan.strategy} split)")
+    counts = {"training": class_counts(train, spec), "holdout": class_counts(holdout, spec)}
     for part in (train, holdout):
-        part.attrs.update(dataset_md5=dataset_md5, holdout_md5=holdout_version.md5)
-    context.log.info(f"{len(train):,} training rows, {len(holdout):,} holdout rows (md5 {holdout_version.md5})")
-    yield dg.Output(train, output_name="training_set", metadata=_frame_metadata(train, spec, dataset_md5))
+        part.attrs.update(dataset_md5=dataset_md5, holdout_md5=holdout_version.md5, split=plan.params(),
+                          class_counts=counts)
+    context.log.info(f"{plan.strategy} split: {len(train):,} training rows {counts['training']}, "
+                     f"{len(holdout):,} holdout rows {counts['holdout']} (md5 {holdout_version.md5})")
+    yield dg.Output(train, output_name="training_set", metadata=_frame_metadata(train, spec, dataset_md5, plan))
     yield dg.Output(holdout, output_name="holdout_set", data_version=dg.DataVersion(holdout_version.md5),
-                    metadata={**_frame_metadata(holdout, spec, dataset_md5), "holdout_md5": holdout_version.md5,
+                    metadata={**_frame_metadata(holdout, spec, dataset_md5, plan), "holdout_md5": holdout_version.md5,
                               "dvc_tag": holdout_version.tag})
 
 
-def _frame_metadata(frame: pd.DataFrame, spec, dataset_md5: str) -> dict[str, Any]:
+def _frame_metadata(frame: pd.DataFrame, spec, dataset_md5: str, plan: SplitPlan) -> dict[str, Any]:
     return {"rows": len(frame), "label_rate": float(frame[spec.target].mean()),
             "from": str(frame[spec.timestamp].min()), "to": str(frame[spec.timestamp].max()),
-            "dataset_md5": dataset_md5}
+            "dataset_md5": dataset_md5, **plan.params(), **class_counts(frame, spec)}
+
+
+class GateConfig(dg.Config):
+    policy: Optional[str] = None  # superiority | non_inferiority | plain; None: by trigger (automatic -> superiority)
+    margin: float = 0.01  # non_inferiority: the candidate may be this much worse (ROC AUC)
+    resamples: int = 1000  # paired bootstrap resamples
+    level: float = 0.95  # confidence level of the interval
+    seed: int = 0
 
 
 class TrainingConfig(dg.Config):
@@ -60,8 +82,10 @@ class TrainingConfig(dg.Config):
     params: dict[str, Any] = {}
     seed: int = 7
     shuffle_labels: bool = False  # a deliberately worse candidate: shows the gate at work
-    tolerance: float = 0.0  # the candidate may trail the champion by this much on the primary metric
+    tolerance: float = 0.0  # plain policy: the candidate's point score may trail the champion's by this much
     floors: dict[str, float] = {"roc_auc": 0.6, "accuracy": 0.5}
+    gate: GateConfig = GateConfig()
+    golden_holdout: Optional[str] = None  # DVC md5, tag or git revision of a recorded holdout, scored as well
 
 
 def git_commit() -> str:
@@ -72,89 +96,166 @@ def git_commit() -> str:
         return "unknown"
 
 
-@dg.asset(group_name="training", code_version="1",
+def read_golden_holdout(versioner: DataVersioner, spec, ref: str) -> pd.DataFrame:
+    """A recorded holdout by DVC md5 (32 hex digits) or by tag/git revision, with the spec's columns."""
+    is_md5 = len(ref) == 32 and all(c in "0123456789abcdef" for c in ref.lower())
+    try:
+        frame = versioner.read_table("holdout", md5=ref) if is_md5 else versioner.read_table("holdout", rev=ref)
+    except DataVersionError as exc:
+        raise DataVersionError(f"golden holdout {ref!r} does not exist: {exc}") from exc
+    missing = [c for c in [*spec.features, spec.target] if c not in frame.columns]
+    if missing:
+        raise DataVersionError(f"golden holdout {ref!r} lacks the columns {', '.join(missing)}")
+    return frame
+
+
+@dg.asset(group_name="training", code_version="2",
           description="A trained Pipeline in an MLflow run, registered as a new version with @challenger.")
 def candidate_model(context: dg.AssetExecutionContext, config: TrainingConfig,
                     settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry],
+                    versioner: dg.ResourceParam[DataVersioner],
                     training_set: pd.DataFrame, holdout_set: pd.DataFrame) -> dg.Output[dict]:
     import mlflow
 
     spec = settings.dataset_spec()
+    trigger = context.run.tags.get(AUTOMATIC_TRIGGER_TAG)
     try:
+        gate = GatePlan.resolve(config.gate.policy, automatic=bool(trigger), margin=config.gate.margin,
+                                tolerance=config.tolerance, resamples=config.gate.resamples,
+                                level=config.gate.level, seed=config.gate.seed)
+        golden = read_golden_holdout(versioner, spec, config.golden_holdout) if config.golden_holdout else None
         registry.ensure_reachable()
         model = build_pipeline(spec, config.model_type, config.params, config.seed)
-    except (RegistryError, ValueError) as exc:
-        raise dg.Failure(description=str(exc)) from exc
+    except (RegistryError, ValueError, GateConfigError, DataVersionError) as exc:
+        raise dg.Failure(description=f"nothing registered: {exc}") from exc
     labels = training_set[spec.target].to_numpy()
     if config.shuffle_labels:
         labels = np.random.default_rng(config.seed).permutation(labels)
     model.fit(training_set[spec.features], labels)
     train_metrics, holdout_metrics = score(model, training_set, spec), score(model, holdout_set, spec)
-    tags = {"dataset_md5": training_set.attrs.get("dataset_md5", "unknown"),
-            "holdout_md5": holdout_set.attrs.get("holdout_md5", "unknown"),
+    golden_metrics = score(model, golden, spec) if golden is not None else {}
+    split_params, counts = holdout_set.attrs.get("split", {}), holdout_set.attrs.get("class_counts", {})
+    dataset_md5 = training_set.attrs.get("dataset_md5", "unknown")
+    undefined = {**non_finite(train_metrics), **non_finite(holdout_metrics),
+                 **{f"golden_{k}": v for k, v in non_finite(golden_metrics).items()}}
+    if undefined:
+        raise dg.Failure(description=(
+            f"nothing registered: undefined metrics {undefined} for dataset {dataset_md5}, split "
+            f"{split_params.get('split.strategy', 'unknown')}, class counts {counts}"))
+    tags = {"dataset_md5": dataset_md5, "holdout_md5": holdout_set.attrs.get("holdout_md5", "unknown"),
             "feature_service": settings.feature_service, "git_commit": git_commit(),
-            "dagster_run_id": context.run.run_id}
+            "dagster_run_id": context.run.run_id, "split.strategy": str(split_params.get("split.strategy", "time")),
+            "gate.policy": gate.policy, "trigger": trigger or "manual"}
+    params = {"model_type": config.model_type, "seed": config.seed, "shuffle_labels": config.shuffle_labels,
+              "train_rows": len(training_set), "holdout_rows": len(holdout_set), **split_params,
+              **{f"{side}_{label}": n for side, c in counts.items() for label, n in c.items()},
+              **{f"gate.{k}": v for k, v in gate.as_dict().items()},
+              **{f"clf.{k}": v for k, v in config.params.items()}}
     with mlflow.start_run(experiment_id=registry.experiment_id(), run_name=f"{config.model_type}-{context.run.run_id[:8]}",
                           tags={**tags, "holdout_hash": tags["holdout_md5"]}) as run:
-        mlflow.log_params({"model_type": config.model_type, "seed": config.seed,
-                           "shuffle_labels": config.shuffle_labels, "train_rows": len(training_set),
-                           "holdout_rows": len(holdout_set), **{f"clf.{k}": v for k, v in config.params.items()}})
+        mlflow.log_params(params)
         mlflow.log_metrics({**{f"train_{k}": v for k, v in train_metrics.items()},
-                            **{f"holdout_{k}": v for k, v in holdout_metrics.items()}})
+                            **{f"holdout_{k}": v for k, v in holdout_metrics.items()},
+                            **{f"golden_{k}": v for k, v in golden_metrics.items()}})
         model_uri = log_model_artifacts(model, training_set, spec, config.seed)
     version = registry.register(model_uri, run.info.run_id, tags={**tags, "run_id": run.info.run_id})
     context.log.info(f"registered {registry.name}/{version} as @challenger ({PRIMARY_METRIC} "
-                     f"{holdout_metrics[PRIMARY_METRIC]:.4f} on the holdout)")
+                     f"{holdout_metrics[PRIMARY_METRIC]:.4f} on the holdout; gate policy {gate.policy})")
     result = {"name": registry.name, "version": version, "run_id": run.info.run_id, "model_uri": model_uri,
               "model_type": config.model_type, "metrics": holdout_metrics, "train_metrics": train_metrics,
-              "tolerance": config.tolerance, "floors": dict(config.floors), **tags}
+              "tolerance": config.tolerance, "floors": dict(config.floors), "gate": gate.as_dict(),
+              "golden_holdout": config.golden_holdout, "golden_metrics": golden_metrics,
+              "split": split_params, "class_counts": counts, **tags}
     return dg.Output(result, metadata={
         "version": version, "run_id": run.info.run_id, "model_uri": model_uri,
         **{f"holdout_{k}": round(v, 5) for k, v in holdout_metrics.items()},
-        "dataset_md5": tags["dataset_md5"], "holdout_md5": tags["holdout_md5"],
+        **{f"golden_{k}": round(v, 5) for k, v in golden_metrics.items()},
+        "dataset_md5": tags["dataset_md5"], "holdout_md5": tags["holdout_md5"], "gate_policy": gate.policy,
+        **split_params, "class_counts": dg.MetadataValue.json(counts),
     })
 
 
 @dg.asset_check(asset=candidate_model, blocking=True, additional_ins={"holdout_set": dg.AssetIn()},
-                description="The candidate's primary metric on the holdout is at least the champion's (both scored afresh).")
-def beats_champion(settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry],
+                description="Candidate vs champion on the same holdout: a paired bootstrap interval of the "
+                            "ROC AUC difference decides (superiority, non-inferiority or plain).")
+def beats_champion(context: dg.AssetCheckExecutionContext, settings: dg.ResourceParam[Settings],
+                   registry: dg.ResourceParam[ModelRegistry], versioner: dg.ResourceParam[DataVersioner],
                    candidate_model: dict, holdout_set: pd.DataFrame) -> dg.AssetCheckResult:
     spec = settings.dataset_spec()
+    plan = GatePlan(**candidate_model["gate"])
     candidate, holdout_md5 = candidate_model["version"], holdout_set.attrs.get("holdout_md5", "unknown")
-    champion = registry.version_of(CHAMPION)
-    base = {"metric": PRIMARY_METRIC, "holdout_md5": holdout_md5, "candidate_version": candidate}
-    if champion is None or not registry.version_exists(champion):
-        why = "first model" if champion is None else f"@champion points at missing version {champion}; treated as first model"
-        registry.tag_version(candidate, {"gate.beats_champion": "passed", "gate.reason": why})
-        return dg.AssetCheckResult(passed=True, description=why, metadata={**base, "champion_version": "none"})
-    candidate_score = score(registry.load_model(candidate), holdout_set, spec)[PRIMARY_METRIC]
-    champion_score = score(registry.load_model(champion), holdout_set, spec)[PRIMARY_METRIC]
-    margin = candidate_score - champion_score
-    passed = margin >= -candidate_model["tolerance"]
-    verdict = "beats" if margin > 0 else "ties" if margin == 0 else "is within tolerance of" if passed else "loses to"
-    description = (f"candidate v{candidate} {verdict} champion v{champion}: {PRIMARY_METRIC} "
-                   f"{candidate_score:.4f} vs {champion_score:.4f} (margin {margin:+.4f}, tolerance {candidate_model['tolerance']})")
-    registry.tag_version(candidate, {"gate.beats_champion": "passed" if passed else "failed",
-                                     "gate.candidate_score": f"{candidate_score:.6f}", "gate.champion_score": f"{champion_score:.6f}",
-                                     "gate.champion_version": champion, "gate.margin": f"{margin:.6f}",
-                                     "gate.holdout_md5": holdout_md5, "gate.reason": description})
-    return dg.AssetCheckResult(passed=passed, description=description, metadata={
-        **base, "champion_version": champion, "candidate_score": candidate_score,
-        "champion_score": champion_score, "margin": margin, "tolerance": candidate_model["tolerance"]})
+    champion = alias_target = registry.version_of(CHAMPION)
+    first = "first model"
+    if champion is not None and not registry.version_exists(champion):
+        champion, first = None, f"@champion points at missing version {champion}; treated as first model"
+    y = holdout_set[spec.target].to_numpy()
+    candidate_scores = positive_scores(registry.load_model(candidate), holdout_set, spec)
+    base = {"metric": PRIMARY_METRIC, "holdout_md5": holdout_md5, "candidate_version": candidate,
+            "champion_version": champion or "none", "policy": plan.policy}
+    tags = {"gate.run_id": context.run.run_id, "gate.policy": plan.policy, "gate.holdout_md5": holdout_md5,
+            "gate.champion_version": alias_target or "none"}
+    if champion is None:
+        finite = math.isfinite(auc(y, candidate_scores))
+        description = first if finite else f"{first}, but its roc_auc on the holdout is undefined (NaN)"
+        registry.tag_version(candidate, {**tags, "gate.beats_champion": "passed" if finite else "failed",
+                                         "gate.reason": description})
+        return dg.AssetCheckResult(passed=finite, description=description, metadata=base)
+    champion_scores = positive_scores(registry.load_model(champion), holdout_set, spec)
+    result = compare(plan, y, candidate_scores, champion_scores)
+    golden = _golden_scores(versioner, registry, spec, candidate_model, candidate, champion)
+    description = f"candidate v{candidate} {_verdict(result, plan)} champion v{champion}: {result.description}"
+    registry.tag_version(candidate, {**tags, **result.tags(), **golden, "gate.level": plan.level,
+                                     "gate.resamples": plan.resamples,
+                                     "gate.beats_champion": "passed" if result.passed else "failed",
+                                     "gate.reason": description[:4000]})
+    return dg.AssetCheckResult(passed=result.passed, description=description, metadata={
+        **base, "candidate_score": result.candidate_score, "champion_score": result.champion_score,
+        "margin": result.difference, "ci_low": result.low, "ci_high": result.high, "level": plan.level,
+        "resamples": plan.resamples, "tolerance": plan.tolerance, "non_inferiority_margin": plan.margin,
+        **{k.replace("gate.", ""): float(v) for k, v in golden.items()}})
 
 
-@dg.asset_check(asset=candidate_model, blocking=True, description="Each holdout metric meets its absolute floor.")
-def meets_floor(registry: dg.ResourceParam[ModelRegistry], candidate_model: dict) -> dg.AssetCheckResult:
+def _verdict(result, plan: GatePlan) -> str:
+    if not result.passed:
+        return "does not beat, beyond noise," if result.difference >= 0 else "loses to"
+    if result.difference > 0:
+        return "beats"
+    if result.difference == 0:
+        return "ties"
+    return "is within tolerance of" if plan.policy == "plain" else "is not inferior to"
+
+
+def _golden_scores(versioner, registry, spec, candidate_model: dict, candidate: str, champion: str) -> dict[str, str]:
+    """Both models' ROC AUC on the pinned golden holdout (recorded, not gated), if one is set."""
+    ref = candidate_model.get("golden_holdout")
+    if not ref:
+        return {}
+    golden = read_golden_holdout(versioner, spec, ref)
+    y = golden[spec.target].to_numpy()
+    return {f"gate.golden_{who}_score": f"{auc(y, positive_scores(registry.load_model(v), golden, spec)):.6f}"
+            for who, v in (("candidate", candidate), ("champion", champion))}
+
+
+@dg.asset_check(asset=candidate_model, blocking=True,
+                description="Each holdout metric meets its absolute floor; an undefined (NaN/inf) metric fails.")
+def meets_floor(context: dg.AssetCheckExecutionContext, registry: dg.ResourceParam[ModelRegistry],
+                candidate_model: dict) -> dg.AssetCheckResult:
     metrics, floors = candidate_model["metrics"], candidate_model["floors"]
+    undefined = non_finite(metrics)
     unknown = [name for name in floors if name not in metrics]
-    below = {name: (metrics[name], floor) for name, floor in floors.items() if name in metrics and metrics[name] < floor}
-    passed = not below and not unknown
+    below = {name: (metrics[name], floor) for name, floor in floors.items()
+             if name in metrics and name not in undefined and not metrics[name] >= floor}
+    passed = not below and not unknown and not undefined
     parts = [f"{name} {value:.4f} < floor {floor}" for name, (value, floor) in below.items()]
     parts += [f"unknown metric {name!r} in floors" for name in unknown]
-    registry.tag_version(candidate_model["version"], {"gate.meets_floor": "passed" if passed else "failed"})
+    parts += [f"{name} is undefined ({value})" for name, value in undefined.items()]
+    registry.tag_version(candidate_model["version"], {"gate.meets_floor": "passed" if passed else "failed",
+                                                      "gate.run_id": context.run.run_id})
     return dg.AssetCheckResult(
         passed=passed, description="; ".join(parts) or "every metric meets its floor",
-        metadata={**{f"{k}": v for k, v in metrics.items()}, "floors": dg.MetadataValue.json(floors)})
+        metadata={**{f"{k}": v for k, v in metrics.items() if k not in undefined},
+                  "undefined": dg.MetadataValue.json({k: str(v) for k, v in undefined.items()}),
+                  "floors": dg.MetadataValue.json(floors)})
 
 
 @dg.asset(group_name="training", code_version="1",

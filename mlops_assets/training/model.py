@@ -42,14 +42,28 @@ def build_pipeline(spec: DatasetSpec, model_type: str, params: Mapping[str, obje
     return Pipeline([("prep", prep), ("clf", classifiers[model_type]())])
 
 
+def positive_scores(model, frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """P(target = 1) for each row."""
+    return model.predict_proba(frame[spec.features])[:, 1]
+
+
 def score(model, frame: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
+    """Holdout metrics; ROC AUC is NaN (not an error) when the frame has a single class."""
+    import warnings
+
     from sklearn import metrics
 
     y = frame[spec.target].to_numpy()
-    proba = model.predict_proba(frame[spec.features])[:, 1]
+    proba = positive_scores(model, frame, spec)
+    if len(np.unique(y)) < 2:
+        roc_auc = float("nan")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            roc_auc = float(metrics.roc_auc_score(y, proba))
     predicted = (proba >= 0.5).astype(int)
     return {
-        "roc_auc": float(metrics.roc_auc_score(y, proba)),
+        "roc_auc": roc_auc,
         "accuracy": float(metrics.accuracy_score(y, predicted)),
         "f1": float(metrics.f1_score(y, predicted, zero_division=0)),
         "log_loss": float(metrics.log_loss(y, proba, labels=[0, 1])),

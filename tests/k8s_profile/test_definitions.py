@@ -29,7 +29,7 @@ io, settings, registry, versioner = res["io_manager"], res["settings"], res["reg
 jobs = {job.name: job for job in defs.resolve_all_job_defs()}  # resolves every job against the resources
 deploy = jobs["deploy_job"]
 print(json.dumps({
-    "io_manager": [type(io).__name__, io.s3_bucket, io.s3_prefix, io.s3_resource.endpoint_url],
+    "io_manager": [type(io).__name__, io.s3_bucket, io.s3_prefix, io.s3_endpoint_url],
     "dvc_remote": versioner.remote,
     "tracking_uri": registry.settings.mlflow_tracking_uri,
     "artifact_root": registry.settings.mlflow_artifact_root,
@@ -59,7 +59,7 @@ def test_k8s_definitions_load_with_every_resource_resolved_from_the_environment(
     loaded = load_definitions(env)
     assert loaded.returncode == 0, loaded.stderr
     probe = json.loads(loaded.stdout.strip().splitlines()[-1])
-    assert probe["io_manager"] == ["S3PickleIOManager", "churn-data", "dagster-io", "http://minio.storage:9000"]
+    assert probe["io_manager"] == ["RunScopedIOManager", "churn-data", "dagster-io", "http://minio.storage:9000"]
     assert probe["dvc_remote"] == "s3://churn-data/dvc"
     assert probe["tracking_uri"] == "http://mlflow.mlops.svc:5000"
     assert probe["artifact_root"] == "s3://churn-data/mlflow"

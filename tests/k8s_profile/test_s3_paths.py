@@ -43,9 +43,12 @@ def test_dvc_pushes_a_dataset_version_to_s3_and_pulls_it_back(settings, s3_serve
     assert versioner.versions("dataset") == [version.md5]
 
 
-def test_s3_pickle_io_manager_round_trip_through_a_materialization(settings, s3_server, bucket):
-    from dagster_aws.s3 import S3PickleIOManager
+def test_s3_io_manager_keeps_each_runs_outputs_apart(settings, s3_server, bucket):
+    import pickle
 
+    import boto3
+
+    from mlops_assets.io_manager import RunScopedIOManager
     from mlops_assets.resources import io_manager
 
     @dg.asset
@@ -57,24 +60,23 @@ def test_s3_pickle_io_manager_round_trip_through_a_materialization(settings, s3_
         return {k: v * 2 for k, v in raw_counts.items()}
 
     manager = io_manager(settings)
-    assert isinstance(manager, S3PickleIOManager)
+    assert isinstance(manager, RunScopedIOManager) and manager.s3_bucket == bucket
     instance = dg.DagsterInstance.ephemeral()
     first = dg.materialize([raw_counts, doubled], resources={"io_manager": manager}, instance=instance)
     assert first.success and first.output_for_node("doubled") == {"a": 2, "b": 4}
-    assert s3_keys(s3_server, bucket) == ["dagster-io/doubled", "dagster-io/raw_counts"]
+    assert s3_keys(s3_server, bucket) == [f"dagster-io/doubled/{first.run_id}", f"dagster-io/raw_counts/{first.run_id}"]
 
-    # a run of the downstream asset alone loads its input from S3: change it there, see it used
-    import pickle
-
-    import boto3
-
+    # a run of the downstream asset alone loads its input from the run that materialized it last
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    s3.put_object(Bucket=bucket, Key="dagster-io/raw_counts", Body=pickle.dumps({"a": 10}))
+    s3.put_object(Bucket=bucket, Key=f"dagster-io/raw_counts/{first.run_id}", Body=pickle.dumps({"a": 10}))
     second = dg.materialize([raw_counts, doubled], selection=["doubled"], resources={"io_manager": manager},
                             instance=instance)
     assert second.success and second.output_for_node("doubled") == {"a": 20}
-    stored = pickle.loads(s3.get_object(Bucket=bucket, Key="dagster-io/doubled")["Body"].read())
+    stored = pickle.loads(s3.get_object(Bucket=bucket, Key=f"dagster-io/doubled/{second.run_id}")["Body"].read())
     assert stored == {"a": 20}
+    # the first run's copy of `doubled` is untouched by the second run
+    kept = pickle.loads(s3.get_object(Bucket=bucket, Key=f"dagster-io/doubled/{first.run_id}")["Body"].read())
+    assert kept == {"a": 2, "b": 4}
 
 
 def test_mlflow_model_artifacts_are_stored_in_s3_and_loaded_back(settings, s3_server, bucket, monkeypatch):

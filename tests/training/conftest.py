@@ -47,8 +47,9 @@ def aliases(platform: Platform) -> dict[str, str | None]:
 
 
 def stored_output(platform: Platform, asset: str) -> Any:
-    """The latest value the filesystem IO manager holds for an asset."""
-    with open(platform.settings.io_manager_dir / asset, "rb") as handle:
+    """The value the IO manager holds for an asset from the run that materialized it last."""
+    latest = platform.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    with open(platform.settings.io_manager_dir / asset / latest.run_id, "rb") as handle:
         return pickle.load(handle)
 
 

@@ -41,7 +41,8 @@ def test_split_rejects_a_single_class():
 def test_split_rejects_a_training_side_with_a_single_class():
     frame = generate_churn(500, seed=2).sort_values(DEMO_SPEC.timestamp).reset_index(drop=True)
     frame[DEMO_SPEC.target] = (frame.index >= 450).astype(int)  # positives only in the newest window
-    with pytest.raises(TrainingDataError, match=r"single class \[0\]"):
+    with pytest.raises(TrainingDataError, match=(r"fewer than 10 rows of training class_1; class counts "
+                                                 r"training: class_0=400, class_1=0; holdout: class_0=50, class_1=50")):
         split_by_time(frame, DEMO_SPEC, 0.2)
 
 
@@ -49,7 +50,7 @@ def test_split_rejects_too_few_rows():
     frame = generate_churn(60, seed=2)
     with pytest.raises(TrainingDataError) as caught:
         split_by_time(frame, DEMO_SPEC, 0.2)
-    assert str(caught.value) == (f"too few rows for the split: 60 rows give 48 training rows "
+    assert str(caught.value) == (f"dataset unknown, split time: 60 rows give 48 training rows "
                                  f"(at least {MIN_ROWS_PER_SIDE} needed)")
 
 
@@ -81,7 +82,9 @@ def test_too_few_rows_fail_the_split_and_register_nothing(tmp_path):
     platform = byo_platform(tmp_path, generate_churn(60, seed=4))
     result = platform.materialize(TRAINING_SELECTION)
     assert check_results(result)["dataset_schema"].passed
-    assert "too few rows for the split: 60 rows give 48 training rows (at least 50 needed)" in step_failure(result, SPLIT_STEP)
+    message = step_failure(result, SPLIT_STEP)
+    assert "split time: 60 rows give 48 training rows (at least 50 needed)" in message
+    assert f"dataset {platform.resource('versioner').versions('dataset')[0]}" in message
     assert materialized(result) == {"dataset", "feature_table", "feature_store"}
     assert registered_versions(platform) == []
 

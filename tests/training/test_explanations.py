@@ -26,7 +26,8 @@ def explained(tmp_path_factory):
     print(gate_line("explain/logistic_regression", linear))
     tree = platform.materialize(["candidate_model", "model_explanations"],
                                 {"ops": {"candidate_model": {"config": {"model_type": "hist_gradient_boosting",
-                                                                        "tolerance": 1.0}}}})
+                                                                        "tolerance": 1.0,
+                                                                        "gate": {"policy": "plain"}}}}})
     assert tree.success and materialized(tree) == {"candidate_model", "model_explanations"}
     print(gate_line("explain/hist_gradient_boosting", tree))
     return platform, {"logistic_regression": linear, "hist_gradient_boosting": tree}
@@ -94,4 +95,4 @@ def test_tolerance_lets_a_slightly_worse_candidate_through(explained):
     meta = {key: value.value for key, value in gate.metadata.items()}
     assert gate.passed and meta["tolerance"] == 1.0
     assert -1.0 <= meta["margin"] < 0, meta
-    assert gate.description.startswith("candidate v2 is within tolerance of champion v1: roc_auc ")
+    assert gate.description.startswith("candidate v2 is within tolerance of champion v1: PASS (plain): roc_auc ")

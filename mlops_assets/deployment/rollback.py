@@ -1,0 +1,45 @@
+"""The `rollback` job: @champion back to @previous, audited, and the restored champion rolled out
+wherever an endpoint is serving. Both steps record what they changed as materializations of
+`champion_model` and `inference_service`, so the asset pages show what is champion and serving now."""
+
+import dagster as dg
+
+from mlops_assets.registry.assets import RELEASE_POOL, record_champion
+from mlops_assets.registry.client import ModelRegistry, RegistryError
+from mlops_assets.settings import Settings
+
+from .assets import RolloutConfig, record_serving
+from .rollout import RolloutFailed, roll_out, serving_health
+
+
+@dg.op(pool=RELEASE_POOL, description="Move @champion back to @previous (manual rollback).")
+def rollback_champion(context: dg.OpExecutionContext, registry: dg.ResourceParam[ModelRegistry]) -> dict:
+    try:
+        moves = registry.rollback(dagster_run_id=context.run.run_id)
+    except RegistryError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    context.log.info(f"@champion -> v{moves[0].to_version} (was v{moves[0].from_version})")
+    record_champion(context, registry, moves[0].to_version, f"rollback from v{moves[0].from_version}")
+    return {"champion": moves[0].to_version, "rolled_back_from": moves[0].from_version}
+
+
+@dg.op(pool=RELEASE_POOL,
+       description="If an endpoint is serving, roll the restored champion out to it (canary, smoke test, promote).")
+def serve_restored_champion(context: dg.OpExecutionContext, settings: dg.ResourceParam[Settings],
+                            rolled_back: dict) -> dict:
+    if serving_health(settings, rolled_back["champion"])["serving_version"] is None:
+        context.log.info("nothing is serving: the restored champion will be served by the next inference_service")
+        context.log_event(dg.AssetObservation(asset_key="inference_service", description="nothing is serving",
+                                              metadata={"model_version": "none", "champion": rolled_back["champion"]}))
+        return {"served": False}
+    try:
+        result = roll_out(settings, rolled_back["champion"], RolloutConfig(), log=context.log.info)
+    except RolloutFailed as failed:
+        raise dg.Failure(description=f"@champion is v{rolled_back['champion']} but serving it failed: {failed}") from failed
+    record_serving(context, result, f"rollback to v{rolled_back['champion']}")
+    return {"served": True, **result}
+
+
+@dg.job(description="Move @champion back to @previous and serve it wherever an endpoint is running.")
+def rollback():
+    serve_restored_champion(rollback_champion())
