@@ -103,7 +103,8 @@ def compare(plan: GatePlan, y: np.ndarray, candidate: np.ndarray, champion: np.n
         low = high = difference
     else:
         low, high = paired_bootstrap_interval(y, candidate, champion, plan.resamples, plan.level, plan.seed)
-    finite = all(math.isfinite(v) for v in (candidate_score, champion_score, low, high))
+    finite = (all(math.isfinite(v) for v in (candidate_score, champion_score, low, high))
+              and bool(np.isfinite(candidate).all() and np.isfinite(champion).all()))
     if not finite:
         passed, why = False, "a score or the interval is not finite (NaN/inf): an undefined metric never passes"
     elif plan.policy == "superiority":

@@ -4,11 +4,16 @@ ways to read what a run recorded (check metadata, registered versions, the pickl
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
+import yaml
 
-from tests.conftest import Platform, check_results
+from mlops_assets.data.spec import DEMO_SPEC
+
+from tests.conftest import Platform, check_results, make_platform
 
 # Everything up to @champion; the serving assets need live servers and are left out.
 TRAINING_SELECTION = ["dataset", "feature_table", "feature_store", "training_set", "holdout_set",
@@ -59,3 +64,13 @@ def gate_line(label: str, result: dg.ExecuteInProcessResult) -> str:
     parts = [f"{name}: {'PASS' if checks[name].passed else 'FAIL'} ({checks[name].description})"
              for name in ("beats_champion", "meets_floor") if name in checks]
     return f"[gate] {label}: " + " | ".join(parts)
+
+
+def byo_platform(tmp_path: Path, frame: pd.DataFrame) -> Platform:
+    """A platform on a bring-your-own dataset config next to ``frame`` written as Parquet."""
+    frame.to_parquet(tmp_path / "table.parquet")
+    config = {"source": "table.parquet", "entity": "customer_id", "timestamp": "event_timestamp",
+              "target": "churned", "numeric": list(DEMO_SPEC.numeric), "categorical": list(DEMO_SPEC.categorical),
+              "integer": list(DEMO_SPEC.integer)}
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(config))
+    return make_platform(tmp_path / "home", dataset_config=str(tmp_path / "dataset.yaml"))

@@ -6,17 +6,15 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 
 from mlops_assets.data.generator import generate_churn
 from mlops_assets.data.spec import DEMO_SPEC
 from mlops_assets.training.split import MIN_ROWS_PER_SIDE, TrainingDataError, split_by_time
 
 from tests.conftest import check_results, make_platform, materialized, step_failure
-from tests.training.conftest import (TRAINING_SELECTION, aliases, check_metadata, registered_versions,
-                                     run_config)
+from tests.training.conftest import (TRAINING_SELECTION, aliases, byo_platform, check_metadata,
+                                     registered_versions, run_config)
 
 SPLIT_STEP = "training_and_holdout"  # the multi-asset producing training_set and holdout_set
 
@@ -69,15 +67,6 @@ def test_split_rejects_a_holdout_fraction_outside_0_1(fraction):
 
 
 # --- bring-your-own datasets through the graph -------------------------------------------------------
-def byo_platform(tmp_path, frame: pd.DataFrame):
-    frame.to_parquet(tmp_path / "table.parquet")
-    config = {"source": "table.parquet", "entity": "customer_id", "timestamp": "event_timestamp",
-              "target": "churned", "numeric": list(DEMO_SPEC.numeric), "categorical": list(DEMO_SPEC.categorical),
-              "integer": list(DEMO_SPEC.integer)}
-    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(config))
-    return make_platform(tmp_path / "home", dataset_config=str(tmp_path / "dataset.yaml"))
-
-
 def test_too_few_rows_fail_the_split_and_register_nothing(tmp_path):
     platform = byo_platform(tmp_path, generate_churn(60, seed=4))
     result = platform.materialize(TRAINING_SELECTION)
