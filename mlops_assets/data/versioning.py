@@ -8,15 +8,14 @@ be read back through `dvc.api` by git revision, by tag, or by the DVC md5 (tags 
 from __future__ import annotations
 
 import io
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from mlops_assets.atomic import file_lock
 from mlops_assets.settings import Settings
 
-_LOCK = threading.Lock()  # DVC and git both hold repo-wide locks; serialise in-process writers
 
 
 class DataVersionError(RuntimeError):
@@ -46,6 +45,12 @@ class DataVersioner:
         self.root = settings.data_repo
         self.remote = settings.dvc_remote
 
+    @property
+    def lock_path(self) -> Path:
+        """DVC and git hold repo-wide locks that fail rather than wait: writers (threads or
+        overlapping runs' processes) take turns on this file instead."""
+        return self.root.parent / ".data-repo.lock"
+
     # --- workspace --------------------------------------------------------------------------
     def _open_repo(self):
         from dvc.repo import Repo
@@ -73,7 +78,7 @@ class DataVersioner:
     # --- write ------------------------------------------------------------------------------
     def commit_table(self, frame: pd.DataFrame, name: str, message: str) -> TableVersion:
         """Write ``frame`` as ``<name>.parquet``, `dvc add` + `dvc push`, commit and tag it."""
-        with _LOCK:
+        with file_lock(self.lock_path):
             repo = self._open_repo()
             try:
                 path = self.root / f"{name}.parquet"
@@ -125,7 +130,7 @@ class DataVersioner:
 
     def versions(self, name: str) -> list[str]:
         """The md5 of every recorded version of ``name``."""
-        with _LOCK:
+        with file_lock(self.lock_path):
             repo = self._open_repo()
             try:
                 prefix = f"{name}-"

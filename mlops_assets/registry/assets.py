@@ -25,8 +25,12 @@ def gate_reason(registry: ModelRegistry, version: str, run_ids: tuple[str, ...] 
                             f"{tags.get('gate.run_id', 'unknown')}, not by this run")
     gated_against, now = tags.get("gate.champion_version"), registry.version_of(CHAMPION) or "none"
     if gated_against is not None and gated_against != now and now != version:
-        raise RegistryError(f"refusing to promote {registry.name}/{version}: the gate compared it with @champion "
-                            f"v{gated_against}, but @champion has moved to v{now} since; retrain to gate it again")
+        def named(v: str) -> str:
+            return "no version" if v == "none" else f"v{v}"
+
+        raise RegistryError(f"refusing to promote {registry.name}/{version}: the gate compared it with @champion at "
+                            f"{named(gated_against)}, but @champion has moved to {named(now)} since; "
+                            "retrain to gate it again")
     return tags.get("gate.reason", "gates passed")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from mlops_assets.atomic import file_lock
 from mlops_assets.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -64,10 +65,14 @@ class ModelRegistry:
 
         uri = self.settings.mlflow_tracking_uri
         self.settings.export_s3_env()  # MLflow's S3 artifact store reads its endpoint from the environment
-        if uri.startswith("sqlite:///"):
-            self.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
         self._activate()
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        if not uri.startswith("sqlite:///"):
+            return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        # the first use creates and migrates the database: two processes doing it at once collide
+        with file_lock(self.settings.mlflow_dir / ".init.lock"):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+        return client
 
     def ensure_reachable(self) -> None:
         """Fail fast with the URI in the message (MLflow's own client retries for minutes)."""
