@@ -52,10 +52,11 @@ def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
             if registry.version_of("previous") else []
         if restored:
             record_champion(context, registry, restored[0].to_version, f"canary of v{version} failed; rolled back")
-        health = serving_health(settings, registry.version_of(CHAMPION))
+        champion = restored[0].to_version if restored else registry.version_of(CHAMPION)
         context.log_event(dg.AssetObservation(
-            asset_key="inference_service", description=f"canary of v{version} rolled back; {health['summary']}",
-            metadata={"model_version": health["serving_version"] or "none", "failed_version": version}))
+            asset_key="inference_service",
+            description=f"canary of v{version} rolled back: the stable revision keeps serving",
+            metadata={"failed_version": version, "champion": champion or "none", "canary_percent": 0}))
         raise dg.Failure(description=f"rollout of v{version} rolled back: {failed}",
                          metadata={"smoke_test": dg.MetadataValue.json(failed.smoke),
                                    "champion_restored_to": restored[0].to_version if restored else "none"}) from failed

@@ -34,16 +34,17 @@ PREDICT = "/v1/models/churn:predict"
 class RegistryStub:
     """The registry as the asset uses it on failure: is there a @previous, and move @champion back."""
 
-    def __init__(self, previous: str | None):
-        self.previous = previous
+    def __init__(self, previous: str | None, champion: str | None = None):
+        self.aliases = {"previous": previous, "champion": champion}
         self.rollbacks: list[str] = []
 
     def version_of(self, alias: str) -> str | None:
-        return self.previous if alias == "previous" else None
+        return self.aliases.get(alias)
 
     def rollback(self, dagster_run_id: str, reason: str):
         self.rollbacks.append(reason)
-        return [SimpleNamespace(to_version=self.previous)]
+        self.aliases.update(champion=self.aliases["previous"], previous=None)
+        return [SimpleNamespace(to_version=self.aliases["champion"])]
 
 
 @pytest.fixture
@@ -100,6 +101,7 @@ def status_from(service, obj: dict, ready: bool = True, reason: str | None = Non
 
 
 def deploy(settings, registry: RegistryStub, champion: str, smoke_requests: int = 5) -> dg.ExecuteInProcessResult:
+    registry.aliases["champion"] = champion  # champion_model has just promoted it
     @dg.asset(name="champion_model")
     def champion_stub() -> dict:
         return {"version": champion}
