@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mlops_assets.loop import open_instance
+from mlops_assets.registry.assets import RELEASE_POOL
 from mlops_assets.registry.client import ModelRegistry
 from mlops_assets.settings import get_settings
 
@@ -51,6 +52,8 @@ def test_overlapping_retrains_each_promote_only_what_they_gated(tmp_path):
     assert 0 in codes, logs  # at least one retrain promotes; the other may refuse, with its reason
 
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    # the release steps took turns on the pool's single slot
+    assert instance.event_log_storage.get_concurrency_info(RELEASE_POOL).slot_count == 1
     registry = ModelRegistry(settings)
     promotions = instance.fetch_materializations(dg.AssetKey("champion_model"), limit=10).records
     assert promotions, logs

@@ -279,3 +279,17 @@ def test_undefined_metrics_fail_both_checks_through_a_materialization(gated):
     checks = check_results(result)
     assert not checks["meets_floor"].passed and "roc_auc is undefined (nan)" in checks["meets_floor"].description
     assert not checks["beats_champion"].passed and "not finite" in checks["beats_champion"].description
+
+
+def test_steps_that_move_aliases_or_serving_share_one_pool_limited_to_one(tmp_path):
+    from mlops_assets.loop import open_instance
+    from mlops_assets.registry.assets import RELEASE_POOL
+    from mlops_assets.settings import get_settings
+
+    defs = make_platform(tmp_path / "pool").defs
+    assert {key: defs.resolve_assets_def(key).op.pool for key in ("champion_model", "inference_service")} == {
+        "champion_model": RELEASE_POOL, "inference_service": RELEASE_POOL}
+    assert {node.definition.pool for node in defs.resolve_job_def("rollback").graph.nodes} == {RELEASE_POOL}
+    assert defs.resolve_assets_def("candidate_model").op.pool is None  # training runs overlap freely
+    instance = open_instance(get_settings({"MLOPS_HOME": str(tmp_path / "home")}))
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
