@@ -11,23 +11,18 @@ from mlops_assets.features.store import FeatureStoreClient
 from mlops_assets.registry.client import CHAMPION, ModelRegistry
 from mlops_assets.settings import Settings
 
-from .rollout import RolloutFailed, roll_out, serving_health
+from .backend import RolloutConfig, RolloutFailed, ServingBackend
 
-
-class RolloutConfig(dg.Config):
-    canary_percent: int = 20
-    smoke_requests: int = 50
-    max_error_rate: float = 0.0
-    max_p99_ms: float = 250.0
+__all__ = ["RolloutConfig", "inference_service", "serving_healthy", "batch_predictions"]
 
 
 @dg.asset(group_name="deployment", code_version="1",
           description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back).")
 def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
-                      settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry],
+                      serving: dg.ResourceParam[ServingBackend], registry: dg.ResourceParam[ModelRegistry],
                       champion_model: dict) -> dg.Output[dict]:
     try:
-        result = roll_out(settings, champion_model["version"], config, log=context.log.info)
+        result = serving.roll_out(champion_model["version"], config, log=context.log.info)
     except RolloutFailed as failed:
         restored = registry.rollback(dagster_run_id=context.run.run_id,
                                      reason=f"canary of v{champion_model['version']} failed: {failed}") \
@@ -43,9 +38,9 @@ def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
 
 
 @dg.asset_check(asset=inference_service, description="The endpoint answers and serves the champion.")
-def serving_healthy(settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry]
+def serving_healthy(serving: dg.ResourceParam[ServingBackend], registry: dg.ResourceParam[ModelRegistry]
                     ) -> dg.AssetCheckResult:
-    health = serving_health(settings, registry.version_of(CHAMPION))
+    health = serving.health(registry.version_of(CHAMPION))
     return dg.AssetCheckResult(passed=health["healthy"], description=health["summary"],
                                metadata={"health": dg.MetadataValue.json(health)})
 

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from mlops_assets.settings import Settings
+from mlops_assets.deployment.backend import RolloutConfig, RolloutFailed, ServingBackend, ServingError
 
 from .client import CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 
@@ -66,16 +66,18 @@ def rollback_champion(context: dg.OpExecutionContext, registry: dg.ResourceParam
 
 
 @dg.op(description="If an endpoint is serving, roll the restored champion out to it (canary, smoke test, promote).")
-def serve_restored_champion(context: dg.OpExecutionContext, settings: dg.ResourceParam[Settings],
+def serve_restored_champion(context: dg.OpExecutionContext, serving: dg.ResourceParam[ServingBackend],
                             rolled_back: dict) -> dict:
-    from mlops_assets.deployment.assets import RolloutConfig
-    from mlops_assets.deployment.rollout import RolloutFailed, roll_out, serving_health
-
-    if serving_health(settings, rolled_back["champion"])["serving_version"] is None:
+    try:
+        serving_now = serving.serving_version()
+    except ServingError as exc:  # e.g. a 403: unknown is not "nothing is serving"
+        raise dg.Failure(description=f"@champion moved to v{rolled_back['champion']}, but what serves is unknown "
+                                     f"(the old model may still serve): {exc}") from exc
+    if serving_now is None:
         context.log.info("nothing is serving: the restored champion will be served by the next inference_service")
         return {"served": False}
     try:
-        result = roll_out(settings, rolled_back["champion"], RolloutConfig(), log=context.log.info)
+        result = serving.roll_out(rolled_back["champion"], RolloutConfig(), log=context.log.info)
     except RolloutFailed as failed:
         raise dg.Failure(description=f"@champion is v{rolled_back['champion']} but serving it failed: {failed}") from failed
     return {"served": True, **result}
