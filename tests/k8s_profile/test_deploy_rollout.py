@@ -47,8 +47,7 @@ class RegistryStub:
         return [SimpleNamespace(to_version=self.previous)]
 
 
-@pytest.fixture
-def settings(tmp_path, s3_server, bucket, kube):
+def make_settings(tmp_path, s3_server: str, bucket: str, kube, **extra: str):
     """k8s settings pointing at the stand-ins; the offline store in (moto) S3 holds the entity ids."""
     import boto3
 
@@ -57,12 +56,17 @@ def settings(tmp_path, s3_server, bucket, kube):
     settings = get_settings(k8s_env(
         tmp_path / "home", bucket, MLOPS_S3_ENDPOINT_URL=s3_server, MLOPS_K8S_API=kube.url,
         MLOPS_K8S_TOKEN_FILE=str(token), MLOPS_K8S_CA_FILE=str(tmp_path / "no-ca.crt"),
-        MLOPS_READY_TIMEOUT_S="1"))
+        MLOPS_READY_TIMEOUT_S="1", **extra))
     table = io.BytesIO()
     pd.DataFrame({"customer_id": ENTITY_IDS + ENTITY_IDS, "tenure": range(6)}).to_parquet(table)
     boto3.client("s3", endpoint_url=s3_server).put_object(
         Bucket=bucket, Key="feast/churn_features.parquet", Body=table.getvalue())
     return settings
+
+
+@pytest.fixture
+def settings(tmp_path, s3_server, bucket, kube):
+    return make_settings(tmp_path, s3_server, bucket, kube)
 
 
 def manifest(settings, version: int, canary: int) -> dict:
