@@ -5,7 +5,7 @@ The version is ``@champion`` unless one is named, and a named one must have pass
 gate (``gate.<name>`` tag ``passed`` on the registered version); anything else is refused, naming the
 tag and its value. It never takes a version on trust.
 
-    python -m mlops_assets.deployment.release --overlay prod --image IMAGE [--model-version N]
+    python -m mlops_assets.deployment.release --overlay prod --image IMAGE [--model-version N] [--check]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None, registry=None) -> int:
     parser.add_argument("--image", required=True, help="the serving image (MLOPS_SERVING_IMAGE)")
     parser.add_argument("--model-version", default=None, help="default: @champion; a named version must have passed its gates")
     parser.add_argument("--canary-percent", type=int, default=20)
+    parser.add_argument("--check", action="store_true", help="only print the gated version; write nothing")
     options = parser.parse_args(argv)
     settings = get_settings()
     if registry is None:
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None, registry=None) -> int:
     except ReleaseRefused as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 1
+    if options.check:
+        print(version)
+        return 0
     manifest = render_inference_service(settings, f"models:/{settings.model_name}/{version}", version,
                                         options.image, options.canary_percent, overlay=options.overlay)
     print(write_gitops_manifest(overlay_dir(options.overlay) / "release.yaml", manifest))
