@@ -152,13 +152,17 @@ def test_karpenter_nodepools_validate_and_split_serving_from_training(crd_schema
     assert by_name["training"]["spec"]["template"]["spec"]["taints"][0]["key"] == "mlops/pool"
 
 
-def test_argocd_application_validates_and_points_at_a_building_overlay(crd_schemas, kubectl):
-    app = yaml.safe_load((DEPLOY_DIR / "argocd" / "application.yaml").read_text())
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_argocd_application_validates_and_points_at_a_building_overlay(crd_schemas, kubectl, overlay):
+    app = yaml.safe_load((DEPLOY_DIR / "argocd" / f"{overlay}.yaml").read_text())
     assert_valid_crd(app, crd_schemas)
+    assert app["metadata"]["name"] == f"churn-{overlay}"
     path = app["spec"]["source"]["path"]
+    assert path == f"deploy/kserve/overlays/{overlay}"
     (isvc,) = kustomize(kubectl, DEPLOY_DIR.parent / path)
     assert isvc["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
-    assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    # nothing hides a rollout from Argo CD: every commit's canary share must be seen and synced
+    assert "ignoreDifferences" not in app["spec"]
 
 
 def test_rbac_validates_and_reaches_only_inferenceservices_in_its_namespace(kubectl):
@@ -229,3 +233,20 @@ def test_serving_dockerfile_runs_the_serving_module():
     text = (DEPLOY_DIR / "kserve" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "mlops_assets.serving"]' in text
     assert "OMP_NUM_THREADS=1" in text
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_every_serving_container_has_readiness_and_liveness_probes(kubectl, crd_schemas, overlay):
+    """What Argo CD applies (each overlay) and what the deploy step applies (the rendering): every
+    container of every component is probed, readiness on the model, liveness on the server."""
+    (built,) = kustomize(kubectl, manifests.overlay_dir(overlay))
+    rendered = manifests.render_inference_service(get_settings({}), "models:/churn/3", "3", "img:3", 20)
+    for isvc in (built, rendered):
+        assert_valid_crd(isvc, crd_schemas)
+        containers = [c for component in manifests.COMPONENTS for c in isvc["spec"][component]["containers"]]
+        assert len(containers) == len(manifests.COMPONENTS)
+        for container in containers:
+            assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+            assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+            assert "--http_port" in container["args"] and container["args"][container["args"].index("--http_port") + 1] == "8080"
