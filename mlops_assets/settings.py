@@ -70,7 +70,6 @@ class Settings:
     argocd_app: str | None = None
     argocd_namespace: str = "argocd"
     ready_timeout_s: float = 600.0
-    ready_poll_s: float = 5.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
@@ -244,5 +243,4 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         argocd_app=env.get("MLOPS_ARGOCD_APP") or None,
         argocd_namespace=env.get("MLOPS_ARGOCD_NAMESPACE") or "argocd",
         ready_timeout_s=_seconds(env, "MLOPS_READY_TIMEOUT_S", 600.0),
-        ready_poll_s=_seconds(env, "MLOPS_READY_POLL_S", 5.0),
     )

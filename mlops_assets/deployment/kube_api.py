@@ -79,8 +79,10 @@ def api_client(settings: Settings):
     if settings.k8s_api_url:
         configuration.host = settings.k8s_api_url.rstrip("/")
         if token_file.is_file():
-            configuration.api_key = {"BearerToken": token_file.read_text().strip()}
             configuration.api_key_prefix = {"BearerToken": "Bearer"}
+            # projected service-account tokens rotate: read the file again before each request
+            configuration.refresh_api_key_hook = lambda c: c.api_key.update(BearerToken=token_file.read_text().strip())
+            configuration.refresh_api_key_hook(configuration)
         if ca_file.is_file():
             configuration.ssl_ca_cert = str(ca_file)
     elif token_file.is_file():

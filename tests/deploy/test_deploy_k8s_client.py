@@ -4,6 +4,8 @@ authenticate (explicit URL + token file, in-cluster service account, kubeconfig)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -145,3 +147,10 @@ def test_no_way_to_authenticate_is_named(tmp_path):
     settings = get_settings({"KUBECONFIG": str(tmp_path / "missing"), "MLOPS_K8S_TOKEN_FILE": str(tmp_path / "none")})
     with pytest.raises(KubeApiError, match="no MLOPS_K8S_API, no service-account token at .*none, and no usable kubeconfig"):
         api_client(settings)
+
+
+def test_a_rotated_token_file_is_read_again(kube, api, settings):
+    api.apply(manifest(1))
+    Path(settings.k8s_token_file).write_text("r0tated\n")
+    api.get(ISVC)
+    assert [r["authorization"] for r in kube.requests] == ["Bearer t0ken", "Bearer r0tated"]

@@ -7,7 +7,6 @@ deployment, a 403; the health check."""
 from __future__ import annotations
 
 import io
-import subprocess
 from types import SimpleNamespace
 
 import dagster as dg
