@@ -49,15 +49,28 @@ def write_gitops_manifest(path: Path, manifest: Mapping[str, Any]) -> Path:
     return path
 
 
+DEPLOYER_IDENTITY = ("mlops-deployer", "mlops-deployer@users.noreply.invalid")
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
                           text=True).stdout.strip()
 
 
+def identity(repo: Path) -> list[str]:
+    """``-c`` options naming the deployer as author, unless the checkout already names someone
+    (a pod's fresh checkout has no git identity, and ``git commit`` refuses to guess one)."""
+    configured = subprocess.run(["git", "-C", str(repo), "config", "user.email"], capture_output=True, text=True)
+    if configured.returncode == 0 and configured.stdout.strip():
+        return []
+    name, email = DEPLOYER_IDENTITY
+    return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
+
+
 def commit_gitops_change(repo_dir: Path, paths: Iterable[Path], message: str) -> str:
     """Commit the written manifests; returns the new commit's sha (Argo CD syncs from it)."""
     git(repo_dir, "add", "--", *(str(p) for p in paths))
-    git(repo_dir, "commit", "-q", "-m", message)
+    git(repo_dir, *identity(repo_dir), "commit", "-q", "-m", message)
     return git(repo_dir, "rev-parse", "HEAD")
 
 
@@ -121,7 +134,7 @@ class GitOpsBackend(KServeBackend):
         write_gitops_manifest(path, manifest)
         if self._git(repo, "status", "--porcelain", "--", str(path)):
             self._git(repo, "add", "--", str(path))
-            self._git(repo, "commit", "-q", "-m", f"deploy({self.settings.model_name}): {change}")
+            self._git(repo, *identity(repo), "commit", "-q", "-m", f"deploy({self.settings.model_name}): {change}")
             sha = self._git(repo, "rev-parse", "HEAD")
             self._commits.append(sha)
             action = f"committed {path.relative_to(repo)}"
@@ -140,7 +153,7 @@ class GitOpsBackend(KServeBackend):
             return "nothing committed to revert"
         repo = self.repo
         for sha in reversed(self._commits):
-            self._git(repo, "revert", "--no-edit", sha)
+            self._git(repo, *identity(repo), "revert", "--no-edit", sha)
         reverted = ", ".join(sha[:12] for sha in self._commits)
         self._commits = []
         return f"reverted {reverted}{self._push(repo)}"

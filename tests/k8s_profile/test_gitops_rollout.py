@@ -57,19 +57,22 @@ class ArgoStandIn:
 
 
 @pytest.fixture
-def gitops(tmp_path, s3_server, bucket, kube, service):
+def gitops(tmp_path, s3_server, bucket, kube, service, monkeypatch):
+    # a pod's git: no global or system config, hence no identity
+    (tmp_path / "empty.gitconfig").write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "empty.gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     remote, checkout = tmp_path / "remote.git", tmp_path / "checkout"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
-    git(tmp_path, "clone", "-q", str(remote), str(checkout))
-    git(checkout, "config", "user.email", "deployer@example.invalid")
-    git(checkout, "config", "user.name", "deployer")
+    git(tmp_path, "clone", "-q", str(remote), str(checkout))  # no git identity, as in a fresh pod
     release = checkout / RELEASE
     settings = make_settings(tmp_path, s3_server, bucket, kube, MLOPS_DEPLOY_MODE="gitops",
                              MLOPS_GITOPS_PATH=str(release), MLOPS_GITOPS_REMOTE="origin",
                              MLOPS_ARGOCD_APP="churn-prod")
     write_gitops_manifest(release, manifest(settings, 1, canary=100))  # v1 serves, as released before
     git(checkout, "add", ".")
-    git(checkout, "commit", "-q", "-m", "deploy(churn): v1 at 100%")
+    git(checkout, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-q", "-m",
+        "deploy(churn): v1 at 100%")
     git(checkout, "push", "-q", "origin", "HEAD")
     argo = ArgoStandIn(kube, remote, settings)
     kube.seed(APP)
@@ -95,6 +98,8 @@ def test_canary_commit_synced_smoke_tested_then_100_percent_committed(gitops, ku
     assert result.success, step_failure(result, "inference_service")
 
     assert remote_log(remote) == ["deploy(churn): v2 at 100%", "deploy(churn): v2 at 20%", "deploy(churn): v1 at 100%"]
+    assert git(remote, "log", "-2", "--format=%an <%ae>").splitlines() == [
+        "mlops-deployer <mlops-deployer@users.noreply.invalid>"] * 2
     assert git(checkout, "rev-parse", "HEAD") == git(remote, "rev-parse", "HEAD") == argo.synced[-1]
     # read the InferenceService; after each commit wait for Argo CD, then for the InferenceService
     assert kube.calls() == [("GET", "isvc"), ("WATCH", "app"), ("WATCH", "isvc"), ("WATCH", "app"), ("WATCH", "isvc")]
