@@ -1,41 +1,36 @@
 """Jobs, sensors and schedules that close the loop: drift or decay -> one retraining run.
 
-Each sensor looks at the latest materialization of the asset it watches, keys its run request on
-that materialization's storage id (the same report never triggers twice) and keeps a cool-down in
-its cursor (JSON ``{"last_report_id", "last_trigger_time"}``) against retraining storms.
+:func:`build_automation` builds them from the ``Settings`` it is given (nothing here reads settings
+at import). Each sensor looks at the latest materialization of the asset it watches, keys its run
+request on that materialization's storage id (the same report never triggers twice) and keeps a
+cool-down in its cursor (JSON ``{"last_report_id", "last_trigger_time"}``) against retraining storms.
 Every decision not to run is a ``SkipReason`` saying why, visible on the sensor's ticks.
 """
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import dagster as dg
 import yaml
 
-from mlops_assets.settings import get_settings
+from mlops_assets.settings import Settings
 
 # A retrain starts from the data: the dataset picks up the labelled production traffic.
 RETRAIN_ASSETS = ("dataset", "feature_table", "feature_store", "training_set", "holdout_set", "candidate_model", "model_explanations",
                   "champion_model", "inference_service")
+RETRAIN_JOB = "retrain_job"
+DRIFT_CHECK_JOB = "drift_check_job"
 DRIFT_REPORT = dg.AssetKey("drift_report")
 MODEL_PERFORMANCE = dg.AssetKey("model_performance")
-DEFAULT_DRIFT_SHARE_THRESHOLD = 0.3
-DEFAULT_COOLDOWN_MINUTES = 10.0
 SENSOR_INTERVAL_SECONDS = 15  # the loop's latency budget is about a minute
 
-_settings = get_settings()
 
-
-def retrain_assets(profile: str) -> tuple[str, ...]:
+def retrain_assets(settings: Settings) -> tuple[str, ...]:
     """In ``k8s`` the rollout is its own job on ``k8s_job_executor``, started by a sensor on a new
-    champion (mlops_assets.deployment.k8s); locally the retrain run rolls out itself."""
-    return RETRAIN_ASSETS if profile == "local" else tuple(a for a in RETRAIN_ASSETS if a != "inference_service")
-
-
-retrain_job = dg.define_asset_job("retrain_job", selection=dg.AssetSelection.assets(*retrain_assets(_settings.profile)))
-drift_check_job = dg.define_asset_job("drift_check_job", selection=dg.AssetSelection.assets("drift_report"))
+    champion (mlops_assets.deployment.job); elsewhere the retrain run rolls out itself."""
+    return RETRAIN_ASSETS if settings.profile != "k8s" else tuple(a for a in RETRAIN_ASSETS if a != "inference_service")
 
 
 @dataclass(frozen=True)
@@ -76,7 +71,7 @@ def performance_verdict(metadata: Mapping) -> Verdict:
 
 def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.AssetKey,
                              verdict: Callable[[Mapping], Verdict], trigger: str,
-                             cooldown_minutes: float) -> dg.SensorResult:
+                             cooldown_minutes: float, run_config: Callable[[], dict] = dict) -> dg.SensorResult:
     """One tick: the latest report of ``asset_key`` -> a retrain run request or a skip reason."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     # The latest materialization as a record: its storage id is the report's identity.
@@ -110,61 +105,80 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
     tags = {"mlops/trigger": trigger, f"mlops/{asset_key.path[-1]}_id": str(report_id),
             "mlops/reason": decision.reason[:200], **decision.tags}
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=str(report_id), tags=tags,
-                                                          run_config=retrain_run_config())],
+                                                          run_config=run_config())],
                            cursor=json.dumps(cursor))
 
 
 def _latest_retrain_run(instance: dg.DagsterInstance):
-    records = instance.get_run_records(dg.RunsFilter(job_name=retrain_job.name), limit=1)
+    records = instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB), limit=1)
     return records[0] if records else None
 
 
-def retrain_run_config() -> dict:
+def retrain_run_config(settings: Settings) -> dict:
     """Run config for automatic retrains, from ``$MLOPS_HOME/retrain.yaml`` if present
     (e.g. another model type, or a tolerance for the gate)."""
-    path = _settings.home / "retrain.yaml"
+    path = settings.home / "retrain.yaml"
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
-def default_status() -> dg.DefaultSensorStatus:
-    local = _settings.profile == "local"
-    return dg.DefaultSensorStatus.RUNNING if local else dg.DefaultSensorStatus.STOPPED
+def default_status(settings: Settings) -> dg.DefaultSensorStatus:
+    """The local profile runs the loop without anyone switching it on; elsewhere an operator does."""
+    return dg.DefaultSensorStatus.RUNNING if settings.profile == "local" else dg.DefaultSensorStatus.STOPPED
 
 
-def build_drift_sensor(threshold: float = DEFAULT_DRIFT_SHARE_THRESHOLD,
-                       cooldown_minutes: float = DEFAULT_COOLDOWN_MINUTES) -> dg.SensorDefinition:
-    @dg.sensor(name="drift_sensor", job=retrain_job, default_status=default_status(),
+def build_drift_sensor(settings: Settings, threshold: float | None = None,
+                       cooldown_minutes: float | None = None) -> dg.SensorDefinition:
+    threshold = settings.drift_threshold if threshold is None else threshold
+    cooldown = settings.retrain_cooldown_minutes if cooldown_minutes is None else cooldown_minutes
+
+    @dg.sensor(name="drift_sensor", job_name=RETRAIN_JOB, default_status=default_status(settings),
                minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                description=f"Retrain when the latest drift report's drift share >= {threshold}.")
     def drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return evaluate_retrain_trigger(context, DRIFT_REPORT, lambda m: drift_verdict(m, threshold),
-                                        "drift", cooldown_minutes)
+                                        "drift", cooldown, lambda: retrain_run_config(settings))
 
     return drift_sensor
 
 
-def build_performance_sensor(cooldown_minutes: float = DEFAULT_COOLDOWN_MINUTES) -> dg.SensorDefinition:
-    @dg.sensor(name="performance_sensor", job=retrain_job, default_status=default_status(),
+def build_performance_sensor(settings: Settings, cooldown_minutes: float | None = None) -> dg.SensorDefinition:
+    cooldown = settings.retrain_cooldown_minutes if cooldown_minutes is None else cooldown_minutes
+
+    @dg.sensor(name="performance_sensor", job_name=RETRAIN_JOB, default_status=default_status(settings),
                minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                description="Retrain when model_performance reports decay below the champion.")
     def performance_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return evaluate_retrain_trigger(context, MODEL_PERFORMANCE, performance_verdict,
-                                        "performance", cooldown_minutes)
+                                        "performance", cooldown, lambda: retrain_run_config(settings))
 
     return performance_sensor
 
 
-drift_sensor = build_drift_sensor(_settings.drift_threshold, _settings.retrain_cooldown_minutes)
-performance_sensor = build_performance_sensor(_settings.retrain_cooldown_minutes)
+@dataclass(frozen=True)
+class Automation:
+    jobs: list = field(default_factory=list)
+    sensors: list = field(default_factory=list)
+    schedules: list = field(default_factory=list)
 
-drift_check_schedule = dg.ScheduleDefinition(
-    name="hourly_drift_check", job=drift_check_job, cron_schedule="0 * * * *",
-    default_status=dg.DefaultScheduleStatus(default_status().value))
-weekly_retrain_schedule = dg.ScheduleDefinition(
-    name="weekly_retrain", job=retrain_job, cron_schedule="0 3 * * 1",
-    tags={"mlops/trigger": "schedule"},
-    default_status=dg.DefaultScheduleStatus(default_status().value))
 
-JOBS = [retrain_job, drift_check_job]
-SENSORS = [drift_sensor, performance_sensor]
-SCHEDULES = [drift_check_schedule, weekly_retrain_schedule]
+def build_automation(settings: Settings) -> Automation:
+    """Every job, sensor and schedule for ``settings`` (in ``k8s`` also the deploy job and its sensor)."""
+    retrain_job = dg.define_asset_job(RETRAIN_JOB, selection=dg.AssetSelection.assets(*retrain_assets(settings)))
+    drift_check_job = dg.define_asset_job(DRIFT_CHECK_JOB, selection=dg.AssetSelection.assets("drift_report"))
+    schedule_status = dg.DefaultScheduleStatus(default_status(settings).value)
+    automation = Automation(
+        jobs=[retrain_job, drift_check_job],
+        sensors=[build_drift_sensor(settings), build_performance_sensor(settings)],
+        schedules=[
+            dg.ScheduleDefinition(name="hourly_drift_check", job=drift_check_job, cron_schedule="0 * * * *",
+                                  default_status=schedule_status),
+            dg.ScheduleDefinition(name="weekly_retrain", job=retrain_job, cron_schedule="0 3 * * 1",
+                                  tags={"mlops/trigger": "schedule"}, default_status=schedule_status),
+        ])
+    if settings.profile == "k8s":
+        from mlops_assets.deployment.job import deploy_job, deploy_on_new_champion
+
+        job = deploy_job(settings)
+        automation.jobs.append(job)
+        automation.sensors.append(deploy_on_new_champion(job))
+    return automation

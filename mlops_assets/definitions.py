@@ -1,9 +1,9 @@
-"""The code location: each layer owns its assets and checks; this module only picks resources
-and the executor for the profile. Heavy libraries are imported inside asset bodies."""
+"""The code location: each layer owns its assets and checks; this module only picks resources,
+automation and the executor for the settings it is given. Heavy libraries are imported inside asset bodies."""
 
 import dagster as dg
 
-from mlops_assets import automation
+from mlops_assets.automation import build_automation
 from mlops_assets.data import assets as data_assets
 from mlops_assets.deployment import assets as deployment_assets
 from mlops_assets.deployment.rollback import rollback
@@ -19,25 +19,14 @@ LAYERS = (data_assets, feature_assets, training_assets, registry_assets, deploym
           monitoring_assets, drift_assets)
 
 
-def profile_automation(settings: Settings) -> tuple[list, list]:
-    """(jobs, sensors) only a profile has: in ``k8s``, the deploy job on ``k8s_job_executor`` and
-    the sensor that starts it for every new champion."""
-    if settings.profile == "k8s":
-        from mlops_assets.deployment.k8s import deploy_job, deploy_on_new_champion
-
-        job = deploy_job(settings)
-        return [job], [deploy_on_new_champion(job)]
-    return [], []
-
-
 def build_definitions(settings: Settings) -> dg.Definitions:
-    jobs, sensors = profile_automation(settings)
+    automation = build_automation(settings)
     return dg.Definitions(
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
-        jobs=[*automation.JOBS, rollback, *jobs],
-        sensors=[*automation.SENSORS, *sensors],
-        schedules=automation.SCHEDULES,
+        jobs=[*automation.jobs, rollback],
+        sensors=automation.sensors,
+        schedules=automation.schedules,
         resources=build_resources(settings),
         executor=dg.in_process_executor if settings.profile == "local" else None,
     )

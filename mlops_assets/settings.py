@@ -19,7 +19,13 @@ K8S_REQUIRED = {
     "MLOPS_S3_BUCKET": "bucket for DVC data, MLflow artifacts, IO manager and Feast offline store",
     "MLFLOW_TRACKING_URI": "MLflow tracking server URI",
     "MLOPS_K8S_NAMESPACE": "namespace for Dagster jobs and the InferenceService",
-    "MLOPS_IMAGE": "container image of this code location and the serving classes",
+    "MLOPS_CODE_IMAGE": "container image of this code location (Dagster code server, run and step pods)",
+    "MLOPS_SERVING_IMAGE": "container image of the serving classes (predictor, transformer, prediction-log sink)",
+}
+# Added to the above in gitops deploy mode.
+GITOPS_REQUIRED = {
+    "MLOPS_GITOPS_PATH": "release file in a git checkout that Argo CD syncs (gitops mode)",
+    "MLOPS_ARGOCD_APP": "the Argo CD Application that syncs MLOPS_GITOPS_PATH (gitops mode)",
 }
 
 # How the deploy step reaches the cluster (k8s profile): ``apply`` through the Kubernetes API, or
@@ -43,21 +49,27 @@ class Settings:
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     k8s_namespace: str = "mlops"
-    image: str | None = None
+    code_image: str | None = None
+    serving_image: str | None = None
     service_account: str = "mlops-deployer"
     redis_connection: str = "redis:6379"
     dataset_config: str | None = None
     drift_threshold: float = 0.3  # share of drifted columns that triggers a retrain
     retrain_cooldown_minutes: float = 10.0  # against retraining storms
     # --- the deploy step in the k8s profile ---
-    k8s_api_url: str = "https://kubernetes.default.svc"
+    # how the deploy step reaches the API server: an explicit URL (+ token and CA files), else the
+    # pod's service account (in-cluster), else a kubeconfig file (``KUBECONFIG`` or ~/.kube/config)
+    k8s_api_url: str | None = None
+    kubeconfig: str | None = None
+    kube_context: str | None = None
     k8s_token_file: str = IN_CLUSTER_TOKEN_FILE
     k8s_ca_file: str = IN_CLUSTER_CA_FILE
     deploy_mode: str = "apply"
     gitops_path: Path | None = None
     gitops_remote: str | None = None
+    argocd_app: str | None = None
+    argocd_namespace: str = "argocd"
     ready_timeout_s: float = 600.0
-    ready_poll_s: float = 5.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
@@ -200,9 +212,7 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
     if deploy_mode not in DEPLOY_MODES:
         raise SettingsError(f"MLOPS_DEPLOY_MODE={deploy_mode!r} is not one of {', '.join(DEPLOY_MODES)}")
     if profile == "k8s":
-        required = dict(K8S_REQUIRED)
-        if deploy_mode == "gitops":
-            required["MLOPS_GITOPS_PATH"] = "release file in a git checkout that Argo CD syncs (gitops mode)"
+        required = {**K8S_REQUIRED, **(GITOPS_REQUIRED if deploy_mode == "gitops" else {})}
         missing = [f"{name} ({why})" for name, why in required.items() if not env.get(name)]
         if missing:
             raise SettingsError("the k8s profile needs these settings: " + "; ".join(missing))
@@ -215,18 +225,22 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_bucket=env.get("MLOPS_S3_BUCKET") or None,
         s3_endpoint_url=env.get("MLOPS_S3_ENDPOINT_URL") or None,
         k8s_namespace=env.get("MLOPS_K8S_NAMESPACE", "mlops"),
-        image=env.get("MLOPS_IMAGE") or None,
+        code_image=env.get("MLOPS_CODE_IMAGE") or None,
+        serving_image=env.get("MLOPS_SERVING_IMAGE") or None,
         service_account=env.get("MLOPS_K8S_SERVICE_ACCOUNT", "mlops-deployer"),
         redis_connection=env.get("MLOPS_REDIS", "redis:6379"),
         dataset_config=env.get("MLOPS_DATASET_CONFIG") or None,
         drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.3),
         retrain_cooldown_minutes=_number(env, "MLOPS_RETRAIN_COOLDOWN_MINUTES", 10.0),
-        k8s_api_url=env.get("MLOPS_K8S_API") or "https://kubernetes.default.svc",
+        k8s_api_url=env.get("MLOPS_K8S_API") or None,
+        kubeconfig=env.get("KUBECONFIG") or None,
+        kube_context=env.get("MLOPS_KUBE_CONTEXT") or None,
         k8s_token_file=env.get("MLOPS_K8S_TOKEN_FILE") or IN_CLUSTER_TOKEN_FILE,
         k8s_ca_file=env.get("MLOPS_K8S_CA_FILE") or IN_CLUSTER_CA_FILE,
         deploy_mode=deploy_mode,
         gitops_path=Path(gitops_path).expanduser().resolve() if gitops_path else None,
         gitops_remote=env.get("MLOPS_GITOPS_REMOTE") or None,
+        argocd_app=env.get("MLOPS_ARGOCD_APP") or None,
+        argocd_namespace=env.get("MLOPS_ARGOCD_NAMESPACE") or "argocd",
         ready_timeout_s=_seconds(env, "MLOPS_READY_TIMEOUT_S", 600.0),
-        ready_poll_s=_seconds(env, "MLOPS_READY_POLL_S", 5.0),
     )

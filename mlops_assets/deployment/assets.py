@@ -12,14 +12,9 @@ from mlops_assets.registry.assets import RELEASE_POOL, record_champion
 from mlops_assets.registry.client import CHAMPION, ModelRegistry
 from mlops_assets.settings import Settings
 
-from .rollout import RolloutFailed, roll_out, serving_health
+from .backend import RolloutConfig, RolloutFailed, ServingBackend
 
-
-class RolloutConfig(dg.Config):
-    canary_percent: int = 20
-    smoke_requests: int = 50
-    max_error_rate: float = 0.0
-    max_p99_ms: float = 250.0
+__all__ = ["RolloutConfig", "inference_service", "serving_healthy", "batch_predictions"]
 
 
 def serving_metadata(result: dict) -> dict:
@@ -37,7 +32,7 @@ def record_serving(context, result: dict, reason: str) -> None:
 @dg.asset(group_name="deployment", code_version="2", pool=RELEASE_POOL,
           description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back).")
 def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
-                      settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry],
+                      serving: dg.ResourceParam[ServingBackend], registry: dg.ResourceParam[ModelRegistry],
                       champion_model: dict) -> dg.Output[dict]:
     version = champion_model["version"]
     current = registry.version_of(CHAMPION)
@@ -46,7 +41,7 @@ def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
             f"v{version}, promoted by this run, is no longer @champion (now v{current or 'none'}): "
             "not rolling it out; the run that moved @champion serves its own version"))
     try:
-        result = roll_out(settings, version, config, log=context.log.info)
+        result = serving.roll_out(version, config, log=context.log.info)
     except RolloutFailed as failed:
         restored = registry.rollback(dagster_run_id=context.run.run_id, reason=f"canary of v{version} failed: {failed}") \
             if registry.version_of("previous") else []
@@ -65,9 +60,9 @@ def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
 
 
 @dg.asset_check(asset=inference_service, description="The endpoint answers and serves the champion.")
-def serving_healthy(settings: dg.ResourceParam[Settings], registry: dg.ResourceParam[ModelRegistry]
+def serving_healthy(serving: dg.ResourceParam[ServingBackend], registry: dg.ResourceParam[ModelRegistry]
                     ) -> dg.AssetCheckResult:
-    health = serving_health(settings, registry.version_of(CHAMPION))
+    health = serving.health(registry.version_of(CHAMPION))
     return dg.AssetCheckResult(passed=health["healthy"], description=health["summary"],
                                metadata={"health": dg.MetadataValue.json(health)})
 

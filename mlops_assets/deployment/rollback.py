@@ -6,10 +6,9 @@ import dagster as dg
 
 from mlops_assets.registry.assets import RELEASE_POOL, record_champion
 from mlops_assets.registry.client import ModelRegistry, RegistryError
-from mlops_assets.settings import Settings
 
-from .assets import RolloutConfig, record_serving
-from .rollout import RolloutFailed, roll_out, serving_health
+from .assets import record_serving
+from .backend import RolloutConfig, RolloutFailed, ServingBackend, ServingError
 
 
 @dg.op(pool=RELEASE_POOL, description="Move @champion back to @previous (manual rollback).")
@@ -25,15 +24,20 @@ def rollback_champion(context: dg.OpExecutionContext, registry: dg.ResourceParam
 
 @dg.op(pool=RELEASE_POOL,
        description="If an endpoint is serving, roll the restored champion out to it (canary, smoke test, promote).")
-def serve_restored_champion(context: dg.OpExecutionContext, settings: dg.ResourceParam[Settings],
+def serve_restored_champion(context: dg.OpExecutionContext, serving: dg.ResourceParam[ServingBackend],
                             rolled_back: dict) -> dict:
-    if serving_health(settings, rolled_back["champion"])["serving_version"] is None:
+    try:
+        serving_now = serving.serving_version()
+    except ServingError as exc:  # e.g. a 403: unknown is not "nothing is serving"
+        raise dg.Failure(description=f"@champion moved to v{rolled_back['champion']}, but what serves is unknown "
+                                     f"(the old model may still serve): {exc}") from exc
+    if serving_now is None:
         context.log.info("nothing is serving: the restored champion will be served by the next inference_service")
         context.log_event(dg.AssetObservation(asset_key="inference_service", description="nothing is serving",
                                               metadata={"model_version": "none", "champion": rolled_back["champion"]}))
         return {"served": False}
     try:
-        result = roll_out(settings, rolled_back["champion"], RolloutConfig(), log=context.log.info)
+        result = serving.roll_out(rolled_back["champion"], RolloutConfig(), log=context.log.info)
     except RolloutFailed as failed:
         raise dg.Failure(description=f"@champion is v{rolled_back['champion']} but serving it failed: {failed}") from failed
     record_serving(context, result, f"rollback to v{rolled_back['champion']}")

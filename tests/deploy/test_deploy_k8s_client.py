@@ -1,130 +1,156 @@
-"""The deploy client against a local stand-in for the Kubernetes API: exact requests, status reactions."""
+"""The Kubernetes API through the official client, against the local API stand-in: discovery,
+server-side apply, reads, watches, every API error naming verb and resource, and the three ways to
+authenticate (explicit URL + token file, in-cluster service account, kubeconfig)."""
 
 from __future__ import annotations
 
-import itertools
+from pathlib import Path
 
 import pytest
 import yaml
 
-from mlops_assets.deployment import k8s
+from mlops_assets.deployment.kube_api import KubeApi, KubeApiError, Ref, WaitTimeout, api_client
+from mlops_assets.deployment.manifests import render_inference_service
 from mlops_assets.settings import get_settings
 
+from .conftest import DISCOVERY, k8s_settings_env
+
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/mlops/inferenceservices/churn"
-GET, PATCH = ("GET", PATH), ("PATCH", PATH)
+ISVC = Ref("serving.kserve.io/v1beta1", "InferenceService", "mlops", "churn")
 
 
 def manifest(version: int, canary: int = 20) -> dict:
-    return k8s.render_inference_service(get_settings({}), f"models:/churn/{version}", version,
-                                        f"registry.example/mlops-serving:v{version}", canary)
-
-
-def status(generation: int, ready: bool = True, percent: int = 100, reason: str | None = None) -> dict:
-    condition = {"type": "Ready", "status": "True" if ready else "False"}
-    if reason:
-        condition.update(reason=reason, message="Revision churn-predictor-00002 failed: image pull backoff")
-    traffic = [{"revisionName": "churn-new", "latestRevision": True, "percent": percent}]
-    if percent < 100:
-        traffic.append({"revisionName": "churn-old", "latestRevision": False, "percent": 100 - percent})
-    return {"observedGeneration": generation, "conditions": [condition],
-            "components": {c: {"traffic": traffic} for c in ("predictor", "transformer")}}
+    return render_inference_service(get_settings({}), f"models:/churn/{version}", version,
+                                    f"registry.example/mlops-serving:v{version}", canary)
 
 
 @pytest.fixture
-def client(kube):
-    ticks = itertools.count()
-    fake_time = {"now": 0.0}
+def settings(kube, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    return get_settings(k8s_settings_env(kube, tmp_path / "home", token))
 
-    def sleep(seconds):
-        fake_time["now"] += seconds
-        next(ticks)
 
-    api = k8s.KServeK8sClient(kube.url, token="t0ken", timeout_s=3, poll_interval_s=1,
-                              sleep=sleep, clock=lambda: fake_time["now"])
+@pytest.fixture
+def api(settings):
+    api = KubeApi.from_settings(settings)
     yield api
     api.close()
 
 
-def assert_apply(request: dict, expected: dict) -> None:
-    assert request["method"] == "PATCH" and request["path"] == PATH
-    assert request["query"] == {"fieldManager": ["mlops-deployer"], "force": ["true"]}
+def ready(obj, reads):
+    return {"observedGeneration": obj["metadata"]["generation"], "conditions": [{"type": "Ready", "status": "True"}]}
+
+
+def test_apply_is_a_server_side_apply_by_one_field_manager_with_the_bearer_token(kube, api):
+    applied = api.apply(manifest(1))
+    assert kube.calls() == [("PATCH", "isvc")]
+    (request,) = kube.requests
+    assert request["path"] == PATH
+    assert request["query"] == {"fieldManager": ["mlops-deployer"], "force": ["True"]}
     assert request["content_type"] == "application/apply-patch+yaml"
     assert request["authorization"] == "Bearer t0ken"
-    assert yaml.safe_load(request["body"]) == expected
+    assert yaml.safe_load(request["body"]) == manifest(1)
+    assert applied["metadata"]["generation"] == 1
+    # the kind was discovered once, through the API server's discovery documents
+    assert set(kube.discovery) <= set(DISCOVERY) and "/apis/serving.kserve.io/v1beta1" in kube.discovery
 
 
-def test_first_deploy_applies_then_waits_for_all_traffic_on_the_only_revision(kube, client):
-    kube.status_for = lambda obj, polls: status(obj["metadata"]["generation"], percent=100)
-    new = manifest(1)
-    result = client.deploy_canary(new)
-    assert kube.calls() == [GET, PATCH, GET]
-    assert_apply(kube.requests[1], new)
-    assert result.namespace == "mlops" and result.name == "churn"
+def test_get_reads_the_object_or_none_when_it_does_not_exist(kube, api):
+    assert api.get(ISVC) is None
+    kube.seed(manifest(1))
+    kube.status_for["inferenceservices"] = ready
+    live = api.get(ISVC)
+    assert live["metadata"]["annotations"]["mlops/model-version"] == "1"
+    assert live["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
+    assert kube.calls() == [("GET", "isvc"), ("GET", "isvc")]
 
 
-def test_canary_is_applied_and_accepted_once_ready_at_its_share(kube, client):
-    kube.seed(manifest(1, canary=100))
-    # the first poll still reports the old generation's Ready; the second the new revision at 20%
-    kube.status_for = lambda obj, polls: (status(1) if polls == 1
-                                          else status(obj["metadata"]["generation"], percent=20))
-    new = manifest(2, canary=20)
-    result = client.deploy_canary(new)
-    assert kube.calls() == [GET, PATCH, GET, GET]
-    assert_apply(kube.requests[1], new)
-    assert result.status["components"]["predictor"]["traffic"][0]["percent"] == 20
+def test_wait_watches_the_object_until_the_condition_holds(kube, api):
+    kube.seed(manifest(1))
+    kube.status_for["inferenceservices"] = lambda obj, reads: {"reads": reads}
+    seen = api.wait_for(ISVC, lambda obj: obj["status"]["reads"] == 3, timeout_s=30, what="read thrice")
+    assert seen["status"] == {"reads": 3}
+    assert kube.calls() == [("WATCH", "isvc")]
+    (watch,) = kube.requests
+    assert watch["path"] == "/apis/serving.kserve.io/v1beta1/namespaces/mlops/inferenceservices"
+    assert watch["query"]["fieldSelector"] == ["metadata.name=churn"]
+    assert watch["query"]["timeoutSeconds"] == ["30"]
 
 
-def test_not_ready_is_polled_until_ready(kube, client):
-    kube.seed(manifest(1, canary=100))
-    kube.status_for = lambda obj, polls: status(obj["metadata"]["generation"], ready=polls >= 3, percent=20)
-    client.deploy_canary(manifest(2))
-    assert kube.calls() == [GET, PATCH, GET, GET, GET]
+def test_wait_gives_up_at_the_deadline_with_the_last_state_seen(kube, api):
+    kube.seed(manifest(1))
+    kube.watch_events = 2
+    kube.status_for["inferenceservices"] = lambda obj, reads: {"reads": reads}
+    with pytest.raises(WaitTimeout) as timeout:
+        api.wait_for(ISVC, lambda obj: False, timeout_s=1, what="ready")
+    assert str(timeout.value) == "InferenceService mlops/churn not ready within 1s"
+    assert timeout.value.last["status"] == {"reads": 2}
+    assert kube.calls() == [("WATCH", "isvc")]  # the server held the watch until its timeout
 
 
-def test_timeout_rolls_back_to_the_previous_spec_and_fails_with_the_status_reason(kube, client):
-    old = manifest(1, canary=100)
-    kube.seed(old)
-    kube.status_for = lambda obj, polls: status(obj["metadata"]["generation"], ready=False, percent=20,
-                                                reason="RevisionFailed")
-    with pytest.raises(k8s.DeploymentError) as failure:
-        client.deploy_canary(manifest(2))
-    message = str(failure.value)
-    assert "RevisionFailed" in message and "image pull backoff" in message and "rolled back" in message
-    # apply, 4 polls (t = 0, 1, 2, 3 s against a 3 s timeout), then the rollback apply
-    assert kube.calls() == [GET, PATCH, GET, GET, GET, GET, PATCH]
-    rollback = yaml.safe_load(kube.requests[-1]["body"])
-    assert rollback == k8s.with_canary_percent(old, 100)  # previous spec, no server-owned fields
-    assert "status" not in rollback and "managedFields" not in rollback["metadata"]
+@pytest.mark.parametrize("code, reason", [(401, "Unauthorized"), (403, "Forbidden"), (404, "NotFound"),
+                                          (409, "Conflict"), (500, "InternalError"), (503, "ServiceUnavailable")])
+def test_every_api_error_names_the_verb_the_resource_and_the_servers_reason(kube, api, code, reason):
+    kube.fail[("PATCH", "isvc")] = (code, reason, "inferenceservices.serving.kserve.io \"churn\" says no")
+    with pytest.raises(KubeApiError) as error:
+        api.apply(manifest(1))
+    assert error.value.status == code
+    assert str(error.value) == (f"Kubernetes API: apply InferenceService mlops/churn failed: HTTP {code} "
+                                f"{reason}: inferenceservices.serving.kserve.io \"churn\" says no")
 
 
-def test_timeout_on_first_deploy_fails_without_anything_to_roll_back_to(kube, client):
-    kube.status_for = lambda obj, polls: {}
-    with pytest.raises(k8s.DeploymentError, match="no status conditions reported"):
-        client.deploy_canary(manifest(1))
-    assert kube.calls() == [GET, PATCH, GET, GET, GET, GET]
+def test_a_forbidden_read_is_an_error_not_a_missing_object(kube, api):
+    kube.fail[("GET", "isvc")] = (403, "Forbidden", "User \"system:serviceaccount:mlops:x\" cannot get")
+    with pytest.raises(KubeApiError, match="get InferenceService mlops/churn failed: HTTP 403 Forbidden"):
+        api.get(ISVC)
 
 
-def test_promotion_sends_all_traffic_to_the_new_revision(kube, client):
-    kube.seed(manifest(2, canary=20))
-    kube.status_for = lambda obj, polls: status(obj["metadata"]["generation"],
-                                                percent=obj["spec"]["predictor"]["canaryTrafficPercent"])
-    client.promote(manifest(2, canary=20))
-    assert kube.calls() == [PATCH, GET]
-    assert_apply(kube.requests[0], manifest(2, canary=100))
+def test_an_unserved_kind_and_an_unreachable_server_are_named(kube, api, tmp_path):
+    with pytest.raises(KubeApiError, match="discover example.com/v1 Widget failed: .*CRD installed"):
+        api.get(Ref("example.com/v1", "Widget", "mlops", "w"))
+    settings = get_settings(k8s_settings_env(kube, tmp_path / "other", tmp_path / "none",
+                                             MLOPS_K8S_API="http://127.0.0.1:9"))
+    with pytest.raises(KubeApiError, match=r"discover the API groups failed: http://127.0.0.1:9 unreachable"):
+        KubeApi.from_settings(settings)
 
 
-def test_explicit_rollback_reapplies_the_previous_spec_at_full_traffic(kube, client):
-    previous = manifest(1, canary=20)
-    live = {**previous, "metadata": {**previous["metadata"], "resourceVersion": "9", "uid": "x",
-                                     "managedFields": [{}]}, "status": status(1)}
-    client.rollback(live)
-    assert kube.calls() == [PATCH]
-    assert_apply(kube.requests[0], manifest(1, canary=100))
+def test_kubeconfig_auth_reaches_the_server_it_names(kube, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "clusters": [{"name": "local", "cluster": {"server": kube.url}}],
+        "users": [{"name": "me", "user": {"token": "from-kubeconfig"}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "local", "user": "me"}}]}))
+    settings = get_settings({"MLOPS_HOME": str(tmp_path / "home"), "KUBECONFIG": str(kubeconfig),
+                             "MLOPS_K8S_TOKEN_FILE": str(tmp_path / "no-token")})
+    api = KubeApi.from_settings(settings)
+    api.apply(manifest(1))
+    api.close()
+    assert kube.requests[0]["authorization"] == "Bearer from-kubeconfig"
 
 
-def test_api_errors_surface_with_their_http_status(kube, client):
-    kube.fail_with = (403, {"kind": "Status", "reason": "Forbidden",
-                            "message": "inferenceservices is forbidden"})
-    with pytest.raises(k8s.DeploymentError, match="HTTP 403.*forbidden"):
-        client.deploy_canary(manifest(1))
-    assert kube.calls() == [GET]
+def test_in_cluster_auth_uses_the_service_account_token_and_ca(tmp_path, monkeypatch):
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-token")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    settings = get_settings({"MLOPS_K8S_TOKEN_FILE": str(token), "MLOPS_K8S_CA_FILE": str(ca)})
+    configuration = api_client(settings).configuration
+    assert configuration.host == "https://10.0.0.1:443"
+    assert configuration.auth_settings()["BearerToken"]["value"].lower() == "bearer sa-token"  # the scheme is case-insensitive
+    assert configuration.ssl_ca_cert == str(ca)
+
+
+def test_no_way_to_authenticate_is_named(tmp_path):
+    settings = get_settings({"KUBECONFIG": str(tmp_path / "missing"), "MLOPS_K8S_TOKEN_FILE": str(tmp_path / "none")})
+    with pytest.raises(KubeApiError, match="no MLOPS_K8S_API, no service-account token at .*none, and no usable kubeconfig"):
+        api_client(settings)
+
+
+def test_a_rotated_token_file_is_read_again(kube, api, settings):
+    api.apply(manifest(1))
+    Path(settings.k8s_token_file).write_text("r0tated\n")
+    api.get(ISVC)
+    assert [r["authorization"] for r in kube.requests] == ["Bearer t0ken", "Bearer r0tated"]

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mlops_assets.deployment import k8s
+from mlops_assets.deployment import gitops, manifests
 from mlops_assets.settings import get_settings
 
 from .conftest import DEPLOY_DIR, kustomize
@@ -54,13 +54,13 @@ def predictor_container(isvc: dict) -> dict:
     return isvc["spec"]["predictor"]["containers"][0]
 
 
-@pytest.mark.parametrize("overlay", k8s.OVERLAYS)
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
 def test_each_overlay_builds_and_validates_against_the_kserve_crd(overlay, kubectl, crd_schemas):
     docs = kustomize(kubectl, DEPLOY_DIR / "kserve" / "overlays" / overlay)
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [ISVC]
     isvc = docs[0]
     assert_valid_crd(isvc, crd_schemas)
-    assert isvc["metadata"]["namespace"] == k8s.overlay_namespace(overlay)
+    assert isvc["metadata"]["namespace"] == manifests.overlay_namespace(overlay)
     for name in ("transformer", "predictor"):
         component = isvc["spec"][name]
         assert component["containers"][0]["resources"]["requests"]
@@ -69,7 +69,7 @@ def test_each_overlay_builds_and_validates_against_the_kserve_crd(overlay, kubec
         assert 0 <= component["canaryTrafficPercent"] <= 100
     assert isvc["spec"]["predictor"]["logger"] == {
         "mode": "all",
-        "url": f"http://prediction-log-sink.{k8s.overlay_namespace(overlay)}.svc.cluster.local/events"}
+        "url": f"http://prediction-log-sink.{manifests.overlay_namespace(overlay)}.svc.cluster.local/events"}
     assert predictor_container(isvc)["args"][:2] == ["--role", "predictor"]
     assert isvc["spec"]["transformer"]["containers"][0]["args"][:2] == ["--role", "transformer"]
 
@@ -86,14 +86,14 @@ def test_base_builds_and_validates(kubectl, crd_schemas):
     assert isvc["metadata"]["annotations"]["autoscaling.knative.dev/metric"] == "concurrency"
 
 
-@pytest.mark.parametrize("overlay", k8s.OVERLAYS)
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
 def test_python_render_equals_kustomize_of_the_written_release(overlay, kubectl, crd_schemas, tmp_path):
     """One source of truth: the renderer and kustomize agree once the release is written to the overlay."""
     copy_dir = tmp_path / "kserve"
     shutil.copytree(DEPLOY_DIR / "kserve", copy_dir)
-    manifest = k8s.render_inference_service(get_settings({}), "models:/churn/7", 7,
+    manifest = manifests.render_inference_service(get_settings({}), "models:/churn/7", 7,
                                             "registry.example/mlops-serving:abc123", 20, overlay=overlay)
-    k8s.write_gitops_manifest(copy_dir / "overlays" / overlay / "release.yaml", manifest)
+    gitops.write_gitops_manifest(copy_dir / "overlays" / overlay / "release.yaml", manifest)
     (built,) = kustomize(kubectl, copy_dir / "overlays" / overlay)
     assert built == manifest
     assert_valid_crd(built, crd_schemas)
@@ -104,38 +104,38 @@ def test_python_render_equals_kustomize_of_the_written_release(overlay, kubectl,
     assert args[args.index("--model_version") + 1] == "7" and args.count("--model_version") == 1
     assert args[args.index("--host") + 1] == "0.0.0.0"  # the serving CLI defaults to loopback
     assert built["spec"]["predictor"]["canaryTrafficPercent"] == 20
-    assert built["metadata"]["annotations"][k8s.MODEL_VERSION_ANNOTATION] == "7"
+    assert built["metadata"]["annotations"][manifests.MODEL_VERSION_ANNOTATION] == "7"
 
 
-@pytest.mark.parametrize("overlay", k8s.OVERLAYS)
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
 def test_committed_release_is_current_with_the_base(overlay):
     """release.yaml repeats the containers lists (a merge patch replaces lists): it must match the base."""
-    path = k8s.overlay_dir(overlay) / "release.yaml"
+    path = manifests.overlay_dir(overlay) / "release.yaml"
     committed = yaml.safe_load(path.read_text())
     containers = committed["spec"]["predictor"]["containers"][0]
     env = {e["name"]: e["value"] for e in containers["env"]}
-    rendered = k8s.render_inference_service(
+    rendered = manifests.render_inference_service(
         get_settings({}), env["MLOPS_MODEL_URI"], env["MLOPS_MODEL_VERSION"], containers["image"],
         committed["spec"]["predictor"]["canaryTrafficPercent"], overlay=overlay)
-    assert committed == k8s.release_patch(rendered, env["MLOPS_MODEL_URI"], env["MLOPS_MODEL_VERSION"],
+    assert committed == manifests.release_patch(rendered, env["MLOPS_MODEL_URI"], env["MLOPS_MODEL_VERSION"],
                                           containers["image"],
                                           committed["spec"]["predictor"]["canaryTrafficPercent"])
 
 
 def test_render_without_overlay_uses_settings_namespace_and_model_name(crd_schemas):
     settings = get_settings({"MLOPS_K8S_NAMESPACE": "team-a", "MLOPS_MODEL_NAME": "churn"})
-    manifest = k8s.render_inference_service(settings, "s3://b/m", "3", "img:1", 100)
+    manifest = manifests.render_inference_service(settings, "s3://b/m", "3", "img:1", 100)
     assert manifest["metadata"]["namespace"] == "team-a"
     assert manifest["metadata"]["name"] == "churn"
     assert manifest["spec"]["transformer"]["canaryTrafficPercent"] == 100
     assert_valid_crd(manifest, crd_schemas)
     with pytest.raises(ValueError, match="canary_percent"):
-        k8s.render_inference_service(settings, "s3://b/m", "3", "img:1", 120)
+        manifests.render_inference_service(settings, "s3://b/m", "3", "img:1", 120)
 
 
 def test_schema_check_rejects_a_misspelt_field(crd_schemas):
     """Guard for the validation itself: a typo in the manifest must fail it."""
-    manifest = k8s.render_inference_service(get_settings({}), "s3://b/m", "3", "img:1", 20)
+    manifest = manifests.render_inference_service(get_settings({}), "s3://b/m", "3", "img:1", 20)
     manifest["spec"]["predictor"]["minReplica"] = 0
     with pytest.raises(AssertionError, match="minReplica"):
         assert_valid_crd(manifest, crd_schemas)
@@ -152,13 +152,17 @@ def test_karpenter_nodepools_validate_and_split_serving_from_training(crd_schema
     assert by_name["training"]["spec"]["template"]["spec"]["taints"][0]["key"] == "mlops/pool"
 
 
-def test_argocd_application_validates_and_points_at_a_building_overlay(crd_schemas, kubectl):
-    app = yaml.safe_load((DEPLOY_DIR / "argocd" / "application.yaml").read_text())
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_argocd_application_validates_and_points_at_a_building_overlay(crd_schemas, kubectl, overlay):
+    app = yaml.safe_load((DEPLOY_DIR / "argocd" / f"{overlay}.yaml").read_text())
     assert_valid_crd(app, crd_schemas)
+    assert app["metadata"]["name"] == f"churn-{overlay}"
     path = app["spec"]["source"]["path"]
+    assert path == f"deploy/kserve/overlays/{overlay}"
     (isvc,) = kustomize(kubectl, DEPLOY_DIR.parent / path)
     assert isvc["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
-    assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    # nothing hides a rollout from Argo CD: every commit's canary share must be seen and synced
+    assert "ignoreDifferences" not in app["spec"]
 
 
 def test_rbac_validates_and_reaches_only_inferenceservices_in_its_namespace(kubectl):
@@ -229,3 +233,20 @@ def test_serving_dockerfile_runs_the_serving_module():
     text = (DEPLOY_DIR / "kserve" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "mlops_assets.serving"]' in text
     assert "OMP_NUM_THREADS=1" in text
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_every_serving_container_has_readiness_and_liveness_probes(kubectl, crd_schemas, overlay):
+    """What Argo CD applies (each overlay) and what the deploy step applies (the rendering): every
+    container of every component is probed, readiness on the model, liveness on the server."""
+    (built,) = kustomize(kubectl, manifests.overlay_dir(overlay))
+    rendered = manifests.render_inference_service(get_settings({}), "models:/churn/3", "3", "img:3", 20)
+    for isvc in (built, rendered):
+        assert_valid_crd(isvc, crd_schemas)
+        containers = [c for component in manifests.COMPONENTS for c in isvc["spec"][component]["containers"]]
+        assert len(containers) == len(manifests.COMPONENTS)
+        for container in containers:
+            assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+            assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+            assert "--http_port" in container["args"] and container["args"][container["args"].index("--http_port") + 1] == "8080"

@@ -8,8 +8,10 @@ import uuid
 
 import pytest
 
-from tests.deploy.conftest import JsonHandler, KubeStandIn, LoopbackServer
+from tests.deploy.conftest import JsonHandler, KubeStandIn, LoopbackServer, kube  # noqa: F401 (fixture)
 
+CODE_IMAGE = "registry.example/mlops-code:1.2.3"
+SERVING_IMAGE = "registry.example/mlops-serving:1.2.3"
 AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1"}
 # read by boto3 / MLflow / s3fs from the environment; the tests decide each one explicitly
@@ -63,14 +65,9 @@ def k8s_env(home, bucket: str = "bucket", **extra: str) -> dict[str, str]:
     """Every setting the k8s profile needs, as the environment of a code-location pod would hold."""
     return {"MLOPS_PROFILE": "k8s", "MLOPS_HOME": str(home), "MLOPS_S3_BUCKET": bucket,
             "MLFLOW_TRACKING_URI": "http://mlflow.mlops.svc:5000", "MLOPS_K8S_NAMESPACE": "ml-prod",
-            "MLOPS_IMAGE": "registry.example/mlops-assets:1.2.3", "MLOPS_K8S_SERVICE_ACCOUNT": "deployer-sa",
+            "MLOPS_CODE_IMAGE": CODE_IMAGE, "MLOPS_SERVING_IMAGE": SERVING_IMAGE,
+            "MLOPS_K8S_SERVICE_ACCOUNT": "deployer-sa",
             **extra}
-
-
-@pytest.fixture
-def kube():
-    with KubeStandIn() as stand_in:
-        yield stand_in
 
 
 class ServiceStandIn(LoopbackServer):

@@ -21,6 +21,9 @@ def test_dagster_cloud_location_matches_the_helm_values_and_validates():
     assert ["--module-name", location["code_source"]["module_name"]] == deployment["dagsterApiGrpcArgs"]
     assert location["build"] == {"directory": ".", "registry": deployment["image"]["repository"]}
     assert (PROJECT_ROOT / location["build"]["directory"] / "pyproject.toml").is_file()
+    # both build the code-location image (the root Dockerfile), never the serving one
+    assert deployment["image"]["repository"].endswith("/mlops-code")
+    assert (PROJECT_ROOT / location["build"]["directory"] / "Dockerfile").read_text().startswith("# Code-location image")
 
     # dagster-k8s parses the container context exactly as the Dagster+ agent does
     context = K8sContainerContext.create_from_config(location["container_context"])

@@ -15,10 +15,10 @@ import dagster as dg
 import kubernetes_validate
 import pytest
 
-from mlops_assets.deployment import k8s
+from mlops_assets.deployment import job as deploy
 from mlops_assets.settings import PROJECT_ROOT, K8S_REQUIRED, SettingsError, get_settings
 
-from .conftest import k8s_env
+from .conftest import CODE_IMAGE, SERVING_IMAGE, k8s_env
 
 PROBE = """
 import json
@@ -34,7 +34,8 @@ print(json.dumps({
     "tracking_uri": registry.settings.mlflow_tracking_uri,
     "artifact_root": registry.settings.mlflow_artifact_root,
     "feast_offline": settings.feast_offline_path,
-    "namespace": settings.k8s_namespace, "image": settings.image, "k8s_api": settings.k8s_api_url,
+    "namespace": settings.k8s_namespace, "images": [settings.code_image, settings.serving_image],
+    "serving": type(res["serving"]).__name__, "k8s_api": settings.k8s_api_url,
     "deploy_mode": settings.deploy_mode, "ready_timeout_s": settings.ready_timeout_s,
     "deploy_job": {"executor": deploy.executor_def.name,
                    "assets": sorted(k.to_user_string() for k in deploy.asset_layer.executable_asset_keys)},
@@ -64,9 +65,10 @@ def test_k8s_definitions_load_with_every_resource_resolved_from_the_environment(
     assert probe["tracking_uri"] == "http://mlflow.mlops.svc:5000"
     assert probe["artifact_root"] == "s3://churn-data/mlflow"
     assert probe["feast_offline"] == "s3://churn-data/feast/churn_features.parquet"
-    assert (probe["namespace"], probe["image"]) == ("ml-prod", "registry.example/mlops-assets:1.2.3")
+    assert probe["namespace"] == "ml-prod" and probe["serving"] == "KServeBackend"
+    assert probe["images"] == [CODE_IMAGE, SERVING_IMAGE]
     assert (probe["k8s_api"], probe["deploy_mode"], probe["ready_timeout_s"]) == ("https://10.0.0.1:443", "apply", 300.0)
-    assert probe["deploy_job"] == {"executor": k8s.DEPLOY_EXECUTOR_NAME, "assets": ["inference_service"]}
+    assert probe["deploy_job"] == {"executor": deploy.DEPLOY_EXECUTOR_NAME, "assets": ["inference_service"]}
     assert "deploy_job" in probe["jobs"] and "retrain_job" in probe["jobs"]
     # the rollout leaves the retrain run: a sensor starts the deploy job for each new champion
     assert "inference_service" not in probe["retrain_assets"] and "champion_model" in probe["retrain_assets"]
@@ -99,18 +101,19 @@ def test_dagster_reports_the_missing_setting_when_it_loads_the_location(tmp_path
     env = k8s_env(tmp_path / "home")
     ok = subprocess.run(dagster, env={**base, **env}, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    del env["MLOPS_IMAGE"]
+    del env["MLOPS_SERVING_IMAGE"]
     failed = subprocess.run(dagster, env={**base, **env}, cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)
     assert failed.returncode != 0
     output = re.sub(r"\x1b\[[0-9;]*m", "", failed.stdout + failed.stderr)  # the log is coloured
     assert "Validation failed for code location mlops_assets.definitions" in output
-    assert ("mlops_assets.settings.SettingsError: the k8s profile needs these settings: MLOPS_IMAGE "
-            "(container image of this code location and the serving classes)\n") in output
+    assert ("mlops_assets.settings.SettingsError: the k8s profile needs these settings: MLOPS_SERVING_IMAGE "
+            "(container image of the serving classes (predictor, transformer, prediction-log sink))\n") in output
 
 
 @pytest.mark.parametrize("env, message", [
     ({"MLOPS_DEPLOY_MODE": "gitops"}, "MLOPS_GITOPS_PATH (release file"),
+    ({"MLOPS_DEPLOY_MODE": "gitops"}, "MLOPS_ARGOCD_APP (the Argo CD Application"),
     ({"MLOPS_DEPLOY_MODE": "kubectl"}, "MLOPS_DEPLOY_MODE='kubectl' is not one of apply, gitops"),
     ({"MLOPS_READY_TIMEOUT_S": "soon"}, "MLOPS_READY_TIMEOUT_S='soon' is not a number"),
     ({"MLOPS_READY_TIMEOUT_S": "0"}, "MLOPS_READY_TIMEOUT_S='0' must be a number of seconds greater than 0"),
@@ -124,7 +127,7 @@ def test_deploy_settings_are_checked_when_settings_resolve(tmp_path, env, messag
 def test_deploy_settings_default_to_the_in_cluster_api(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
     settings = get_settings(k8s_env(tmp_path, MLOPS_S3_ENDPOINT_URL="http://s3.local:9000"))
-    assert settings.k8s_api_url == "https://kubernetes.default.svc"
+    assert settings.k8s_api_url is None  # the pod's service account, else a kubeconfig
     assert settings.k8s_token_file == "/var/run/secrets/kubernetes.io/serviceaccount/token"
     assert settings.k8s_ca_file == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     assert (settings.deploy_mode, settings.gitops_path, settings.ready_timeout_s) == ("apply", None, 600.0)
@@ -132,8 +135,9 @@ def test_deploy_settings_default_to_the_in_cluster_api(tmp_path, monkeypatch):
     assert settings.s3_client_env() == {"MLFLOW_S3_ENDPOINT_URL": "http://s3.local:9000",
                                         "AWS_ENDPOINT_URL_S3": "http://s3.local:9000"}
     assert settings.env_for_subprocess()["MLFLOW_S3_ENDPOINT_URL"] == "http://s3.local:9000"
-    gitops = get_settings(k8s_env(tmp_path, MLOPS_DEPLOY_MODE="gitops", MLOPS_GITOPS_PATH=str(tmp_path / "r.yaml")))
-    assert gitops.gitops_path == tmp_path / "r.yaml"
+    gitops = get_settings(k8s_env(tmp_path, MLOPS_DEPLOY_MODE="gitops", MLOPS_GITOPS_PATH=str(tmp_path / "r.yaml"),
+                                  MLOPS_ARGOCD_APP="churn-prod"))
+    assert (gitops.gitops_path, gitops.argocd_app, gitops.argocd_namespace) == (tmp_path / "r.yaml", "churn-prod", "argocd")
 
 
 def test_deploy_job_runs_on_k8s_job_executor_with_image_service_account_namespace_resources(tmp_path):
@@ -143,37 +147,52 @@ def test_deploy_job_runs_on_k8s_job_executor_with_image_service_account_namespac
 
     settings = get_settings(k8s_env(tmp_path))
     job = build_definitions(settings).resolve_job_def("deploy_job")
-    assert job.executor_def.name == k8s.DEPLOY_EXECUTOR_NAME
+    assert job.executor_def.name == deploy.DEPLOY_EXECUTOR_NAME
     assert job.executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"inference_service"}
     assert [c.name for c in job.asset_layer.asset_graph.asset_check_keys] == ["serving_healthy"]
 
     # the executor config Dagster resolves for a run of this job is the one the step's Job is built from
     execution = dg.validate_run_config(job)["execution"]
-    assert execution == {k8s.DEPLOY_EXECUTOR_NAME: k8s.resolved_executor_config(settings)}
-    config = execution[k8s.DEPLOY_EXECUTOR_NAME]
-    assert config["job_image"] == "registry.example/mlops-assets:1.2.3"
+    assert execution == {deploy.DEPLOY_EXECUTOR_NAME: deploy.resolved_executor_config(settings)}
+    config = execution[deploy.DEPLOY_EXECUTOR_NAME]
+    assert config["job_image"] == CODE_IMAGE
     assert config["job_namespace"] == "ml-prod"
     assert config["service_account_name"] == "deployer-sa"
-    assert config["resources"] == k8s.DEPLOY_STEP_RESOURCES
+    assert config["resources"] == deploy.DEPLOY_STEP_RESOURCES
 
-    manifest = k8s.deploy_step_job(settings, run_id="run-1", step_key="inference_service")
+    manifest = deploy.deploy_step_job(settings, run_id="run-1", step_key="inference_service")
     kubernetes_validate.validate(manifest, "1.32.0", strict=True)
     pod = manifest["spec"]["template"]["spec"]
     assert manifest["metadata"]["namespace"] == "ml-prod" and pod["serviceAccountName"] == "deployer-sa"
-    assert pod["containers"][0]["image"] == "registry.example/mlops-assets:1.2.3"
-    assert pod["containers"][0]["resources"] == k8s.DEPLOY_STEP_RESOURCES
+    assert pod["containers"][0]["image"] == CODE_IMAGE
+    assert pod["containers"][0]["resources"] == deploy.DEPLOY_STEP_RESOURCES
 
 
-def test_local_profile_has_no_deploy_job():
-    from mlops_assets.definitions import profile_automation
+def test_local_profile_has_no_deploy_job_and_rolls_out_in_the_retrain_run():
+    from mlops_assets.automation import build_automation, retrain_assets
 
-    assert profile_automation(get_settings({})) == ([], [])
+    automation = build_automation(get_settings({}))
+    assert sorted(j.name for j in automation.jobs) == ["drift_check_job", "retrain_job"]
+    assert "deploy_new_champion" not in {s.name for s in automation.sensors}
+    assert "inference_service" in retrain_assets(get_settings({}))
+
+
+def test_definitions_follow_the_settings_given_not_the_environment(tmp_path, monkeypatch):
+    """build_definitions(settings) builds jobs, sensors and schedules from its argument."""
+    from mlops_assets.definitions import build_definitions
+
+    monkeypatch.setenv("MLOPS_PROFILE", "local")
+    defs = build_definitions(get_settings(k8s_env(tmp_path, MLOPS_DRIFT_THRESHOLD="0.45")))
+    assert "deploy_job" in {j.name for j in defs.resolve_all_job_defs()}
+    sensors = {s.name: s for s in defs.sensors}
+    assert "0.45" in sensors["drift_sensor"].description
+    assert sensors["drift_sensor"].default_status == dg.DefaultSensorStatus.STOPPED  # k8s: an operator starts it
 
 
 def test_a_new_champion_starts_the_deploy_job_once(tmp_path):
     settings = get_settings(k8s_env(tmp_path / "home"))
-    sensor = k8s.deploy_on_new_champion(k8s.deploy_job(settings))
+    sensor = deploy.deploy_on_new_champion(deploy.deploy_job(settings))
     assert sensor.job_name == "deploy_job"
     with dg.DagsterInstance.ephemeral() as instance:
         instance.report_runless_asset_event(dg.AssetMaterialization("champion_model", metadata={"champion_version": "7"}))

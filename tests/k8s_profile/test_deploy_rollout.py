@@ -1,12 +1,12 @@
-"""The ``inference_service`` asset in the k8s profile, against a local stand-in for the Kubernetes API
-and one for the InferenceService's URLs (real V1 prediction requests): the exact requests of a canary
-that is promoted, a canary that fails its smoke test, an InferenceService that never becomes ready,
-and a first deployment; the health check; the GitOps mode."""
+"""The ``inference_service`` asset and the rollback job in the k8s profile (the KServe backend, through
+the official client), against a local stand-in for the Kubernetes API and one for the
+InferenceService's URLs (real V1 prediction requests): the exact requests of a canary that is
+promoted, a canary that fails its smoke test, an InferenceService that never becomes ready, a first
+deployment, a 403; the health check."""
 
 from __future__ import annotations
 
 import io
-import subprocess
 from types import SimpleNamespace
 
 import dagster as dg
@@ -14,19 +14,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlops_assets.deployment import k8s
 from mlops_assets.deployment.assets import RolloutConfig, inference_service
-from mlops_assets.deployment.rollout import roll_out
+from mlops_assets.deployment.manifests import render_inference_service, with_canary_percent
+from mlops_assets.deployment.rollback import serve_restored_champion
+from mlops_assets.resources import serving_backend
 from mlops_assets.settings import get_settings
 from tests.conftest import step_failure
 
-from .conftest import k8s_env
+from .conftest import SERVING_IMAGE, k8s_env
 
 pytestmark = pytest.mark.integration
 
-IMAGE = "registry.example/mlops-assets:1.2.3"
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/ml-prod/inferenceservices/churn"
-GET, PATCH = ("GET", PATH), ("PATCH", PATH)
+GET, PATCH, WATCH = ("GET", "isvc"), ("PATCH", "isvc"), ("WATCH", "isvc")
 ENTITY_IDS = [101, 102, 103]
 PREDICT = "/v1/models/churn:predict"
 
@@ -47,22 +47,7 @@ class RegistryStub:
         return [SimpleNamespace(to_version=self.aliases["champion"])]
 
 
-@pytest.fixture
-def fake_time(monkeypatch):
-    """The rollout's polling on a fake clock: each sleep advances it, so poll counts are exact."""
-    now = {"t": 0.0}
-    original = k8s.client_from_settings
-
-    def client_on_fake_time(settings, **kwargs):
-        return original(settings, sleep=lambda s: now.__setitem__("t", now["t"] + s),
-                        clock=lambda: now["t"], **kwargs)
-
-    monkeypatch.setattr(k8s, "client_from_settings", client_on_fake_time)
-    return now
-
-
-@pytest.fixture
-def settings(tmp_path, s3_server, bucket, kube, fake_time):
+def make_settings(tmp_path, s3_server: str, bucket: str, kube, **extra: str):
     """k8s settings pointing at the stand-ins; the offline store in (moto) S3 holds the entity ids."""
     import boto3
 
@@ -71,7 +56,7 @@ def settings(tmp_path, s3_server, bucket, kube, fake_time):
     settings = get_settings(k8s_env(
         tmp_path / "home", bucket, MLOPS_S3_ENDPOINT_URL=s3_server, MLOPS_K8S_API=kube.url,
         MLOPS_K8S_TOKEN_FILE=str(token), MLOPS_K8S_CA_FILE=str(tmp_path / "no-ca.crt"),
-        MLOPS_READY_TIMEOUT_S="3", MLOPS_READY_POLL_S="1"))
+        MLOPS_READY_TIMEOUT_S="1", **extra))
     table = io.BytesIO()
     pd.DataFrame({"customer_id": ENTITY_IDS + ENTITY_IDS, "tenure": range(6)}).to_parquet(table)
     boto3.client("s3", endpoint_url=s3_server).put_object(
@@ -79,8 +64,13 @@ def settings(tmp_path, s3_server, bucket, kube, fake_time):
     return settings
 
 
+@pytest.fixture
+def settings(tmp_path, s3_server, bucket, kube):
+    return make_settings(tmp_path, s3_server, bucket, kube)
+
+
 def manifest(settings, version: int, canary: int) -> dict:
-    return k8s.render_inference_service(settings, f"models:/churn/{version}", version, IMAGE, canary)
+    return render_inference_service(settings, f"models:/churn/{version}", version, SERVING_IMAGE, canary)
 
 
 def status_from(service, obj: dict, ready: bool = True, reason: str | None = None) -> dict:
@@ -102,21 +92,22 @@ def status_from(service, obj: dict, ready: bool = True, reason: str | None = Non
 
 def deploy(settings, registry: RegistryStub, champion: str, smoke_requests: int = 5) -> dg.ExecuteInProcessResult:
     registry.aliases["champion"] = champion  # champion_model has just promoted it
+
     @dg.asset(name="champion_model")
     def champion_stub() -> dict:
         return {"version": champion}
 
     return dg.materialize(
         [champion_stub, inference_service], selection=["inference_service", "champion_model"],
-        resources={"settings": settings, "registry": registry},
+        resources={"serving": serving_backend(settings), "registry": registry},
         run_config={"ops": {"inference_service": {"config": RolloutConfig(
             smoke_requests=smoke_requests, canary_percent=20).model_dump()}}},
         raise_on_error=False)
 
 
 def applied(request: dict) -> dict:
-    assert request["method"] == "PATCH" and request["path"] == PATH
-    assert request["query"] == {"fieldManager": ["mlops-deployer"], "force": ["true"]}
+    assert (request["verb"], request["path"]) == ("PATCH", PATH)
+    assert request["query"] == {"fieldManager": ["mlops-deployer"], "force": ["True"]}
     assert request["content_type"] == "application/apply-patch+yaml"
     return yaml.safe_load(request["body"])
 
@@ -133,19 +124,19 @@ def materialization(result) -> dict:
 
 def test_canary_is_applied_smoke_tested_through_its_url_then_promoted(settings, kube, service):
     kube.seed(manifest(settings, 1, canary=100))
-    kube.status_for = lambda obj, polls: status_from(service, obj)
+    kube.status_for["inferenceservices"] = lambda obj, polls: status_from(service, obj)
     service.versions = {"latest": "2", "prev": "1", "main": "1"}
 
     result = deploy(settings, RegistryStub(previous="1"), champion="2")
     assert result.success
 
-    # read the live object, apply the canary, see it ready at 20%, (smoke), promote, see 100%
-    assert kube.calls() == [GET, PATCH, GET, PATCH, GET]
+    # read the live object, apply the canary, watch it reach 20%, (smoke), promote, watch it reach 100%
+    assert kube.calls() == [GET, PATCH, WATCH, PATCH, WATCH]
     assert {r["authorization"] for r in kube.requests} == {"Bearer t0ken"}
     assert applied(kube.requests[1]) == manifest(settings, 2, canary=20)
     assert applied(kube.requests[3]) == manifest(settings, 2, canary=100)
     canary = applied(kube.requests[1])["spec"]["predictor"]["containers"][0]
-    assert canary["image"] == IMAGE
+    assert canary["image"] == SERVING_IMAGE
     assert {"name": "MLOPS_MODEL_URI", "value": "models:/churn/2"} in canary["env"]
 
     # 5 V1 predictions to the canary's own URL, all between "ready at 20%" and the promotion
@@ -164,14 +155,14 @@ def test_canary_is_applied_smoke_tested_through_its_url_then_promoted(settings, 
 def test_canary_failing_its_smoke_test_is_rolled_back(settings, kube, service):
     previous = manifest(settings, 1, canary=100)
     kube.seed(previous)
-    kube.status_for = lambda obj, polls: status_from(service, obj)
+    kube.status_for["inferenceservices"] = lambda obj, polls: status_from(service, obj)
     service.versions = {"latest": "1", "prev": "1", "main": "1"}  # the new revision answers as v1
     registry = RegistryStub(previous="1")
 
     result = deploy(settings, registry, champion="2", smoke_requests=3)
     assert not result.success
-    assert kube.calls() == [GET, PATCH, GET, PATCH]
-    assert applied(kube.requests[3]) == k8s.with_canary_percent(previous, 100)  # the old spec, all traffic
+    assert kube.calls() == [GET, PATCH, WATCH, PATCH]
+    assert applied(kube.requests[3]) == with_canary_percent(previous, 100)  # the old spec, all traffic
     assert smoke_requests_seen(service) == [("POST", "latest", PREDICT, 3)] * 3
     failure = step_failure(result, "inference_service")
     assert "smoke test of the canary revision" in failure
@@ -182,32 +173,32 @@ def test_canary_failing_its_smoke_test_is_rolled_back(settings, kube, service):
 def test_never_ready_inference_service_rolls_back_and_fails_with_the_status_reason(settings, kube, service):
     previous = manifest(settings, 1, canary=100)
     kube.seed(previous)
-    kube.status_for = lambda obj, polls: (
+    kube.status_for["inferenceservices"] = lambda obj, polls: (
         status_from(service, obj) if obj["metadata"]["generation"] == 1
         else status_from(service, obj, ready=False, reason="RevisionFailed"))
     registry = RegistryStub(previous="1")
 
     result = deploy(settings, registry, champion="2")
     assert not result.success
-    # apply, polls at t = 0, 1, 2, 3 s against MLOPS_READY_TIMEOUT_S=3, then the rollback apply
-    assert kube.calls() == [GET, PATCH, GET, GET, GET, GET, PATCH]
+    # apply, one watch the server holds until MLOPS_READY_TIMEOUT_S=1, then the rollback apply
+    assert kube.calls() == [GET, PATCH, WATCH, PATCH]
     assert applied(kube.requests[1]) == manifest(settings, 2, canary=20)
-    assert applied(kube.requests[-1]) == k8s.with_canary_percent(previous, 100)
+    assert applied(kube.requests[-1]) == with_canary_percent(previous, 100)
     assert service.requests == []  # never smoke-tested
     failure = step_failure(result, "inference_service")
     assert "rollout of v2 rolled back" in failure
     assert "Ready: RevisionFailed (Revision churn-predictor-00002 failed: image pull backoff)" in failure
-    assert "within 3s" in failure and "rolled back to the previous spec" in failure
+    assert "within 1s" in failure and "rolled back to the previous spec" in failure
     assert registry.rollbacks and "RevisionFailed" in registry.rollbacks[0]
 
 
 def test_first_deployment_goes_straight_to_all_traffic_and_is_smoke_tested(settings, kube, service):
-    kube.status_for = lambda obj, polls: status_from(service, obj)
+    kube.status_for["inferenceservices"] = lambda obj, polls: status_from(service, obj)
     service.versions = {"main": "1"}
 
     result = deploy(settings, RegistryStub(previous=None), champion="1", smoke_requests=2)
     assert result.success
-    assert kube.calls() == [GET, PATCH, GET]
+    assert kube.calls() == [GET, PATCH, WATCH]
     assert applied(kube.requests[1]) == manifest(settings, 1, canary=100)
     assert smoke_requests_seen(service) == [("POST", "main", PREDICT, 3)] * 2
     assert materialization(result)["action"] == "first deployment"
@@ -215,7 +206,7 @@ def test_first_deployment_goes_straight_to_all_traffic_and_is_smoke_tested(setti
 
 def test_champion_already_at_full_traffic_is_only_smoke_tested(settings, kube, service):
     kube.seed(manifest(settings, 3, canary=100))
-    kube.status_for = lambda obj, polls: status_from(service, obj)
+    kube.status_for["inferenceservices"] = lambda obj, polls: status_from(service, obj)
     service.versions = {"main": "3"}
 
     result = deploy(settings, RegistryStub(previous="2"), champion="3", smoke_requests=2)
@@ -226,50 +217,74 @@ def test_champion_already_at_full_traffic_is_only_smoke_tested(settings, kube, s
 
 
 def test_health_reads_the_live_status_and_probes_the_url(settings, kube, service):
-    from mlops_assets.deployment.rollout import serving_health
-
+    serving_health = serving_backend(settings).health
     kube.seed(manifest(settings, 2, canary=20))
-    kube.status_for = lambda obj, polls: status_from(service, obj)
+    kube.status_for["inferenceservices"] = lambda obj, polls: status_from(service, obj)
     service.versions = {"main": "2"}
-    mid = serving_health(settings, "2")
+    mid = serving_health("2")
     assert not mid["healthy"] and mid["canary_percent"] == 20
     assert mid["summary"] == "ml-prod/churn is mid-rollout: latest revision at 20% of traffic"
 
     kube.seed(manifest(settings, 2, canary=100))
-    health = serving_health(settings, "2")
+    health = serving_health("2")
     assert health == {"healthy": True, "summary": f"serving v2 at {service.url('main')}",
                       "serving_version": "2", "champion": "2", "endpoint": service.url("main"),
                       "canary_percent": 0}
     assert service.requests[-1]["method"] == "GET" and service.requests[-1]["path"] == "/v1/models/churn"
-    stale = serving_health(settings, "3")
+    stale = serving_health("3")
     assert not stale["healthy"] and stale["summary"] == "ml-prod/churn serves v2, but @champion is v3"
 
 
-def git(repo, *args) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+def test_health_names_a_refused_read(settings, kube):
+    kube.fail[("GET", "isvc")] = (403, "Forbidden", "cannot get inferenceservices")
+    health = serving_backend(settings).health("2")
+    assert not health["healthy"]
+    assert health["summary"] == ("Kubernetes API: get InferenceService ml-prod/churn failed: "
+                                 "HTTP 403 Forbidden: cannot get inferenceservices")
 
 
-def test_gitops_mode_commits_and_pushes_the_release_instead_of_calling_the_api(tmp_path, kube):
-    remote, repo = tmp_path / "remote.git", tmp_path / "checkout"
-    git(tmp_path, "init", "-q", "--bare", str(remote))
-    git(tmp_path, "clone", "-q", str(remote), str(repo))
-    git(repo, "config", "user.email", "deployer@example.invalid")
-    git(repo, "config", "user.name", "deployer")
-    git(repo, "commit", "-q", "--allow-empty", "-m", "init")
-    release = repo / "deploy" / "kserve" / "overlays" / "prod" / "release.yaml"
-    settings = get_settings(k8s_env(tmp_path / "home", MLOPS_DEPLOY_MODE="gitops", MLOPS_GITOPS_PATH=str(release),
-                                    MLOPS_GITOPS_REMOTE="origin", MLOPS_K8S_API=kube.url))
-    config = RolloutConfig(canary_percent=20)
+def test_a_refused_read_fails_the_rollout_naming_resource_and_verb(settings, kube, service):
+    kube.fail[("GET", "isvc")] = (403, "Forbidden", "User cannot get inferenceservices in ml-prod")
+    registry = RegistryStub(previous="1")
+    result = deploy(settings, registry, champion="2")
+    assert not result.success
+    assert kube.calls() == [GET]
+    failure = step_failure(result, "inference_service")
+    assert "get InferenceService ml-prod/churn failed: HTTP 403 Forbidden: User cannot get" in failure
 
-    result = roll_out(settings, "4", config, log=lambda message: None)
-    assert kube.requests == []
-    assert result["revision"] == git(repo, "rev-parse", "HEAD") == git(remote, "rev-parse", "HEAD")
-    assert git(repo, "log", "-1", "--format=%s") == "deploy(churn): v4 at 20% canary"
-    assert result["action"] == "committed deploy/kserve/overlays/prod/release.yaml for Argo CD, pushed to origin"
-    assert (result["model_version"], result["endpoint"]) == ("4", None)
-    assert yaml.safe_load(release.read_text()) == k8s.release_patch(
-        manifest(settings, 4, canary=20), "models:/churn/4", "4", IMAGE, 20)
 
-    again = roll_out(settings, "4", config, log=lambda message: None)
-    assert again["action"] == "unchanged (release already committed), pushed to origin"
-    assert again["revision"] == result["revision"]
+def rollback_job():
+    @dg.op(name="rollback_champion")
+    def moved() -> dict:
+        return {"champion": "1", "rolled_back_from": "2"}
+
+    @dg.job
+    def rollback():
+        serve_restored_champion(moved())
+
+    return rollback
+
+
+def test_the_rollback_job_fails_loudly_when_the_api_refuses_to_say_what_serves(settings, kube, service):
+    kube.seed(manifest(settings, 2, canary=100))
+    kube.fail[("GET", "isvc")] = (403, "Forbidden", "cannot get inferenceservices")
+    result = rollback_job().execute_in_process(resources={"serving": serving_backend(settings)},
+                                               raise_on_error=False)
+    assert not result.success
+    assert kube.calls() == [GET]  # nothing applied: a 403 is not "nothing is serving"
+    failure = step_failure(result, "serve_restored_champion")
+    assert "@champion moved to v1, but what serves is unknown" in failure
+    assert "HTTP 403 Forbidden: cannot get inferenceservices" in failure
+
+
+def test_the_rollback_job_rolls_the_restored_champion_out(settings, kube, service):
+    kube.seed(manifest(settings, 2, canary=100))
+    kube.status_for["inferenceservices"] = lambda obj, reads: status_from(service, obj)
+    service.versions = {"latest": "1", "prev": "2", "main": "2"}
+    result = rollback_job().execute_in_process(resources={"serving": serving_backend(settings)},
+                                               run_config={}, raise_on_error=False)
+    assert result.success, step_failure(result, "serve_restored_champion")
+    assert kube.calls() == [GET, GET, PATCH, WATCH, PATCH, WATCH]  # what serves? then a canary of v1
+    assert applied(kube.requests[2]) == manifest(settings, 1, canary=20)
+    assert applied(kube.requests[4]) == manifest(settings, 1, canary=100)
+    assert result.output_for_node("serve_restored_champion")["action"] == "promoted over v2"

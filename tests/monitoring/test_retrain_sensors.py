@@ -7,8 +7,19 @@ import dagster as dg
 import pytest
 
 from mlops_assets import automation
-from mlops_assets.automation import (JOBS, RETRAIN_ASSETS, SCHEDULES, SENSORS, build_drift_sensor,
-                                     performance_sensor)
+from mlops_assets.automation import RETRAIN_ASSETS, build_automation
+from mlops_assets.automation import build_drift_sensor as _build_drift_sensor
+from mlops_assets.automation import build_performance_sensor
+from mlops_assets.settings import get_settings
+
+SETTINGS = get_settings({})  # the local profile's defaults
+
+
+def build_drift_sensor(**kwargs) -> dg.SensorDefinition:
+    return _build_drift_sensor(SETTINGS, **kwargs)
+
+
+performance_sensor = build_performance_sensor(SETTINGS)
 
 
 @pytest.fixture
@@ -105,14 +116,15 @@ def test_performance_sensor_triggers_on_decay_only(instance):
 def test_jobs_sensors_and_schedules_load_against_the_graph():
     stubs = [dg.asset(name=key)(lambda: None)
              for key in (*RETRAIN_ASSETS, "drift_report", "model_performance")]
-    defs = dg.Definitions(assets=stubs, jobs=JOBS, sensors=SENSORS, schedules=SCHEDULES)
+    built = build_automation(SETTINGS)
+    defs = dg.Definitions(assets=stubs, jobs=built.jobs, sensors=built.sensors, schedules=built.schedules)
     dg.Definitions.validate_loadable(defs)
     retrain = defs.resolve_job_def("retrain_job")
     assert {k.to_user_string() for k in retrain.asset_layer.executable_asset_keys} == set(RETRAIN_ASSETS)
-    assert {s.cron_schedule for s in SCHEDULES} == {"0 * * * *", "0 3 * * 1"}
+    assert {s.cron_schedule for s in built.schedules} == {"0 * * * *", "0 3 * * 1"}
     # the local profile (the default) runs the loop without anyone switching it on
-    assert automation.default_status() == dg.DefaultSensorStatus.RUNNING
-    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in SENSORS)
+    assert automation.default_status(SETTINGS) == dg.DefaultSensorStatus.RUNNING
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in built.sensors)
 
 
 def test_a_report_without_a_drift_share_is_skipped_not_a_crash(instance):

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from mlops_assets.monitoring import prometheus as prom
+from tests import prometheus_server as prom
 from mlops_assets.settings import PROJECT_ROOT, Settings, get_settings
 
 from .promql_names import allowed_series, contract_metrics

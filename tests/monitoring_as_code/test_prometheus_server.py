@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from mlops_assets.monitoring import prometheus as prom
+from tests import prometheus_server as prom
 from mlops_assets.monitoring.loop_metrics import read_loop_gauges_text, write_loop_gauges
 
 pytestmark = pytest.mark.integration

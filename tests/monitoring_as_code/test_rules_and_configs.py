@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_assets.monitoring import prometheus as prom
+from tests import prometheus_server as prom
 
 from .promql_names import metric_names
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from mlops_assets.monitoring import prometheus as prom
+from tests import prometheus_server as prom
 
 from tests.serving.conftest import feature_row
 
