@@ -61,6 +61,9 @@ class Settings:
     # pod's service account (in-cluster), else a kubeconfig file (``KUBECONFIG`` or ~/.kube/config)
     k8s_api_url: str | None = None
     kubeconfig: str | None = None
+    # set by Kubernetes in every pod: where the in-cluster API server is
+    k8s_service_host: str | None = None
+    k8s_service_port: str | None = None
     kube_context: str | None = None
     k8s_token_file: str = IN_CLUSTER_TOKEN_FILE
     k8s_ca_file: str = IN_CLUSTER_CA_FILE
@@ -234,6 +237,8 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         retrain_cooldown_minutes=_number(env, "MLOPS_RETRAIN_COOLDOWN_MINUTES", 10.0),
         k8s_api_url=env.get("MLOPS_K8S_API") or None,
         kubeconfig=env.get("KUBECONFIG") or None,
+        k8s_service_host=env.get("KUBERNETES_SERVICE_HOST") or None,
+        k8s_service_port=env.get("KUBERNETES_SERVICE_PORT") or None,
         kube_context=env.get("MLOPS_KUBE_CONTEXT") or None,
         k8s_token_file=env.get("MLOPS_K8S_TOKEN_FILE") or IN_CLUSTER_TOKEN_FILE,
         k8s_ca_file=env.get("MLOPS_K8S_CA_FILE") or IN_CLUSTER_CA_FILE,

@@ -86,7 +86,13 @@ def api_client(settings: Settings):
         if ca_file.is_file():
             configuration.ssl_ca_cert = str(ca_file)
     elif token_file.is_file():
-        InClusterConfigLoader(token_filename=str(token_file), cert_filename=str(ca_file)).load_and_set(configuration)
+        environ = {name: value for name, value in (("KUBERNETES_SERVICE_HOST", settings.k8s_service_host),
+                                                   ("KUBERNETES_SERVICE_PORT", settings.k8s_service_port)) if value}
+        try:
+            InClusterConfigLoader(token_filename=str(token_file), cert_filename=str(ca_file),
+                                  environ=environ).load_and_set(configuration)
+        except config.ConfigException as exc:
+            raise KubeApiError("authenticate to", "the in-cluster API server", None, str(exc)) from exc
     else:
         try:
             config.load_kube_config(config_file=settings.kubeconfig, context=settings.kube_context,

@@ -6,6 +6,7 @@ import kubernetes_validate
 import pytest
 
 from mlops_assets.deployment import job as deploy
+from tests.deploy.step_job import deploy_step_job, resolved_executor_config
 from mlops_assets.settings import SettingsError, get_settings
 
 K8S_ENV = {"MLOPS_PROFILE": "k8s", "MLOPS_S3_BUCKET": "bucket", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
@@ -15,7 +16,7 @@ K8S_ENV = {"MLOPS_PROFILE": "k8s", "MLOPS_S3_BUCKET": "bucket", "MLFLOW_TRACKING
 
 def test_deploy_step_job_runs_the_code_image_with_service_account_namespace_and_resources():
     settings = get_settings(K8S_ENV)
-    job = deploy.deploy_step_job(settings, run_id="0f1e2d3c-run", step_key="inference_service",
+    job = deploy_step_job(settings, run_id="0f1e2d3c-run", step_key="inference_service",
                                  args=["dagster", "api", "execute_step", "--run-id", "0f1e2d3c-run"])
     kubernetes_validate.validate(job, "1.32.0", strict=True)
     assert job["kind"] == "Job" and job["metadata"]["namespace"] == "ml-prod"
@@ -32,7 +33,7 @@ def test_deploy_step_job_runs_the_code_image_with_service_account_namespace_and_
 
 
 def test_executor_config_is_accepted_by_k8s_job_executor_schema():
-    resolved = deploy.resolved_executor_config(get_settings(K8S_ENV))
+    resolved = resolved_executor_config(get_settings(K8S_ENV))
     assert resolved["job_image"] == "registry.example/mlops-code:1.2.3"
     assert resolved["job_namespace"] == "ml-prod"
     assert resolved["service_account_name"] == "deployer-sa"

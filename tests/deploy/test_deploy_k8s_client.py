@@ -130,17 +130,23 @@ def test_kubeconfig_auth_reaches_the_server_it_names(kube, tmp_path):
     assert kube.requests[0]["authorization"] == "Bearer from-kubeconfig"
 
 
-def test_in_cluster_auth_uses_the_service_account_token_and_ca(tmp_path, monkeypatch):
+def test_in_cluster_auth_uses_the_service_account_token_and_ca(tmp_path):
     token, ca = tmp_path / "token", tmp_path / "ca.crt"
     token.write_text("sa-token")
     ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    settings = get_settings({"MLOPS_K8S_TOKEN_FILE": str(token), "MLOPS_K8S_CA_FILE": str(ca)})
+    pod_env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    settings = get_settings({"MLOPS_K8S_TOKEN_FILE": str(token), "MLOPS_K8S_CA_FILE": str(ca), **pod_env})
     configuration = api_client(settings).configuration
     assert configuration.host == "https://10.0.0.1:443"
     assert configuration.auth_settings()["BearerToken"]["value"].lower() == "bearer sa-token"  # the scheme is case-insensitive
     assert configuration.ssl_ca_cert == str(ca)
+
+
+def test_a_token_without_the_pods_service_address_is_named(tmp_path):
+    (tmp_path / "token").write_text("sa-token")
+    settings = get_settings({"MLOPS_K8S_TOKEN_FILE": str(tmp_path / "token")})
+    with pytest.raises(KubeApiError, match="authenticate to the in-cluster API server failed: Service host/port is not set"):
+        api_client(settings)
 
 
 def test_no_way_to_authenticate_is_named(tmp_path):

@@ -49,3 +49,28 @@ def test_dagster_cloud_location_matches_the_helm_values_and_validates():
     deployer = yaml.safe_load((DEPLOY / "rbac" / "rolebinding.yaml").read_text())
     assert deployer["subjects"] == [{"kind": "ServiceAccount", "namespace": context.namespace,
                                      "name": get_settings({}).service_account}]
+
+
+def test_the_settings_config_map_names_each_image_where_it_is_built_and_run():
+    """One name per image everywhere: the code image in the Helm values, dagster_cloud.yaml and the
+    deploy step's Job (MLOPS_CODE_IMAGE); the serving image in the InferenceService releases and the
+    deploy workflow (MLOPS_SERVING_IMAGE). The config map loads as a complete k8s profile."""
+    import kubernetes_validate
+
+    config_map = yaml.safe_load((DEPLOY / "dagster" / "settings.yaml").read_text())
+    kubernetes_validate.validate(config_map, "1.32.0", strict=True)
+    settings = get_settings(config_map["data"])  # every required k8s setting is there
+    (location,) = yaml.safe_load((PROJECT_ROOT / "dagster_cloud.yaml").read_text())["locations"]
+    values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    code_repository = settings.code_image.rsplit(":", 1)[0]
+    assert code_repository == deployment["image"]["repository"] == location["build"]["registry"]
+    serving_repository = settings.serving_image.rsplit(":", 1)[0]
+    for overlay in ("staging", "prod"):
+        release = yaml.safe_load((DEPLOY / "kserve" / "overlays" / overlay / "release.yaml").read_text())
+        for component in ("transformer", "predictor"):
+            (container,) = release["spec"][component]["containers"]
+            assert container["image"].rsplit(":", 1)[0] == serving_repository
+    workflow = (PROJECT_ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+    assert serving_repository.rsplit("/", 1)[1] + ":" in workflow  # ghcr.io/<owner>/mlops-serving:<sha>
+    assert code_repository != serving_repository

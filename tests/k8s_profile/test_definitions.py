@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 
 from mlops_assets.deployment import job as deploy
+from tests.deploy.step_job import deploy_step_job, resolved_executor_config
 from mlops_assets.settings import PROJECT_ROOT, K8S_REQUIRED, SettingsError, get_settings
 
 from .conftest import CODE_IMAGE, SERVING_IMAGE, k8s_env
@@ -154,14 +155,14 @@ def test_deploy_job_runs_on_k8s_job_executor_with_image_service_account_namespac
 
     # the executor config Dagster resolves for a run of this job is the one the step's Job is built from
     execution = dg.validate_run_config(job)["execution"]
-    assert execution == {deploy.DEPLOY_EXECUTOR_NAME: deploy.resolved_executor_config(settings)}
+    assert execution == {deploy.DEPLOY_EXECUTOR_NAME: resolved_executor_config(settings)}
     config = execution[deploy.DEPLOY_EXECUTOR_NAME]
     assert config["job_image"] == CODE_IMAGE
     assert config["job_namespace"] == "ml-prod"
     assert config["service_account_name"] == "deployer-sa"
     assert config["resources"] == deploy.DEPLOY_STEP_RESOURCES
 
-    manifest = deploy.deploy_step_job(settings, run_id="run-1", step_key="inference_service")
+    manifest = deploy_step_job(settings, run_id="run-1", step_key="inference_service")
     kubernetes_validate.validate(manifest, "1.32.0", strict=True)
     pod = manifest["spec"]["template"]["spec"]
     assert manifest["metadata"]["namespace"] == "ml-prod" and pod["serviceAccountName"] == "deployer-sa"

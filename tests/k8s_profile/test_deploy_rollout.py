@@ -288,3 +288,16 @@ def test_the_rollback_job_rolls_the_restored_champion_out(settings, kube, servic
     assert applied(kube.requests[2]) == manifest(settings, 1, canary=20)
     assert applied(kube.requests[4]) == manifest(settings, 1, canary=100)
     assert result.output_for_node("serve_restored_champion")["action"] == "promoted over v2"
+
+
+def test_a_refused_apply_fails_the_step_naming_it_and_the_undo_is_attempted(settings, kube, service):
+    kube.seed(manifest(settings, 1, canary=100))
+    kube.status_for["inferenceservices"] = lambda obj, reads: status_from(service, obj)
+    kube.fail[("PATCH", "isvc")] = (409, "Conflict", "Apply failed with 1 conflict: conflict with \"kubectl\"")
+    result = deploy(settings, RegistryStub(previous="1"), champion="2")
+    assert not result.success
+    assert kube.calls() == [GET, PATCH, PATCH]  # the canary, then the re-apply of the previous spec
+    failure = step_failure(result, "inference_service")
+    assert "apply InferenceService ml-prod/churn failed: HTTP 409 Conflict: Apply failed with 1 conflict" in failure
+    assert "undoing the rollout failed too" in failure
+    assert service.requests == []
