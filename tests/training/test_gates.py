@@ -9,9 +9,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mlops_assets.data.generator import generate_churn
 from mlops_assets.data.spec import DEMO_SPEC
+from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.training.gate import GateConfigError, GatePlan, auc, compare, non_finite, paired_bootstrap_interval
 from mlops_assets.training.split import SplitPlan, TrainingDataError, class_counts, split
 
@@ -293,3 +295,5 @@ def test_steps_that_move_aliases_or_serving_share_one_pool_limited_to_one(tmp_pa
     assert defs.resolve_assets_def("candidate_model").op.pool is None  # training runs overlap freely
     instance = open_instance(get_settings({"MLOPS_HOME": str(tmp_path / "home")}))
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+    helm = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster" / "values.yaml").read_text())
+    assert helm["concurrency"]["pools"] == {"defaultLimit": 1, "granularity": "op"}  # the same on Kubernetes
