@@ -226,7 +226,9 @@ def parser() -> argparse.ArgumentParser:
     run_demo = commands.add_parser("demo", help="run the whole loop on the local profile")
     run_demo.add_argument("--rows", type=int, default=5_000, help="rows of the demo dataset")
     run_demo.add_argument("--requests", type=int, default=600, help="healthy requests (and the second drift batch)")
-    run_demo.add_argument("--drift-requests", type=int, default=3_000, help="drifted requests in the first batch")
+    # enough drifted traffic that the retrain has the new regime in its *training* rows, not only in the
+    # holdout: with 3,000 it beat the champion by +0.0011 ROC AUC, which the superiority gate calls noise
+    run_demo.add_argument("--drift-requests", type=int, default=6_000, help="drifted requests in the first batch")
     run_demo.add_argument("--scenario", default="price_rise", help="drift scenario to inject")
     run_demo.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=True)
     run_demo.add_argument("--keep-state", action="store_true",
