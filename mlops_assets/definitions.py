@@ -8,13 +8,14 @@ from mlops_assets.data import assets as data_assets
 from mlops_assets.deployment import assets as deployment_assets
 from mlops_assets.drift import assets as drift_assets
 from mlops_assets.features import assets as feature_assets
+from mlops_assets.features import online as online_features
 from mlops_assets.monitoring import assets as monitoring_assets
 from mlops_assets.registry import assets as registry_assets
 from mlops_assets.resources import build_resources
 from mlops_assets.settings import Settings, get_settings
 from mlops_assets.training import assets as training_assets
 
-LAYERS = (data_assets, feature_assets, training_assets, registry_assets, deployment_assets,
+LAYERS = (data_assets, feature_assets, online_features, training_assets, registry_assets, deployment_assets,
           monitoring_assets, drift_assets)
 
 
@@ -34,9 +35,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
-        jobs=[*automation.JOBS, registry_assets.rollback, *jobs],
+        jobs=[*automation.JOBS, *online_features.JOBS, registry_assets.rollback, *jobs],
         sensors=[*automation.SENSORS, *sensors],
-        schedules=automation.SCHEDULES,
+        schedules=[*automation.SCHEDULES, *online_features.SCHEDULES],
         resources=build_resources(settings),
         executor=dg.in_process_executor if settings.profile == "local" else None,
     )
