@@ -34,7 +34,7 @@ def _dtype(column: str):
 customer_features = FeatureView(
     name="customer_features",
     entities=[customer],
-    ttl=timedelta(days=180),
+    ttl=timedelta(days=settings.feature_ttl_days),  # older features are expired for serving
     schema=[Field(name=column, dtype=_dtype(column)) for column in spec.features],
     source=customer_source,
     online=True,

@@ -9,13 +9,14 @@ from mlops_assets.deployment import assets as deployment_assets
 from mlops_assets.deployment.rollback import rollback
 from mlops_assets.drift import assets as drift_assets
 from mlops_assets.features import assets as feature_assets
+from mlops_assets.features import online as online_features
 from mlops_assets.monitoring import assets as monitoring_assets
 from mlops_assets.registry import assets as registry_assets
 from mlops_assets.resources import build_resources
 from mlops_assets.settings import Settings, get_settings
 from mlops_assets.training import assets as training_assets
 
-LAYERS = (data_assets, feature_assets, training_assets, registry_assets, deployment_assets,
+LAYERS = (data_assets, feature_assets, online_features, training_assets, registry_assets, deployment_assets,
           monitoring_assets, drift_assets)
 
 
@@ -24,9 +25,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
-        jobs=[*automation.jobs, rollback],
+        jobs=[*automation.jobs, *online_features.JOBS, rollback],
         sensors=automation.sensors,
-        schedules=automation.schedules,
+        schedules=[*automation.schedules, *online_features.SCHEDULES],
         resources=build_resources(settings),
         executor=dg.in_process_executor if settings.profile == "local" else None,
     )

@@ -73,6 +73,10 @@ class Settings:
     argocd_app: str | None = None
     argocd_namespace: str = "argocd"
     ready_timeout_s: float = 600.0
+    feature_ttl_days: float = 730.0  # Feast feature view TTL: older online features are expired
+    # --- local serving ---
+    serving_replicas: int = 2  # predictor+transformer pairs per revision
+    serving_hold_s: float = 30.0  # how long the ingress holds a request while a revision has no ready replica
     extra: Mapping[str, str] = field(default_factory=dict)
 
     # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
@@ -182,6 +186,31 @@ class Settings:
             env.setdefault(name, value)
         return env
 
+    def serving_env(self) -> dict[str, str]:
+        """The whole environment of a local serving process: built from these settings, plus the
+        operator's own ``MLOPS_*``/``AWS_*``/``MLFLOW_*`` settings and basic system variables. Nothing else is
+        inherited (e.g. not the ``PROMETHEUS_MULTIPROC_DIR`` that importing Feast sets)."""
+        env = {name: value for name, value in os.environ.items()
+               if name in SYSTEM_VARIABLES or name.startswith(("MLOPS_", "AWS_", "MLFLOW_"))}
+        # mlflow.set_tracking_uri() exports these into the launcher's environment: never inherit them.
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.pop("MLFLOW_REGISTRY_URI", None)
+        env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
+                    "DAGSTER_HOME": str(self.dagster_home), "MLOPS_MODEL_NAME": self.model_name,
+                    "MLOPS_SERVING_REPLICAS": str(self.serving_replicas),
+                    "MLOPS_SERVING_HOLD_S": str(self.serving_hold_s),
+                    "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        if self.dataset_config:
+            env["MLOPS_DATASET_CONFIG"] = self.dataset_config
+        if self.mlflow_tracking_uri_override:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri_override
+        env.update(self.s3_client_env())
+        return env
+
+
+SYSTEM_VARIABLES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                    "PYTHONDONTWRITEBYTECODE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
+
 
 def _resolve_home(env: Mapping[str, str]) -> Path:
     raw = env.get("MLOPS_HOME") or str(PROJECT_ROOT / ".mlops")
@@ -203,6 +232,20 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise SettingsError(f"{name}={env.get(name)!r} must be a number of seconds greater than 0")
     return value
+
+
+def _days(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default)
+    if not value > 0:
+        raise SettingsError(f"{name}={env.get(name)!r} must be a number of days greater than 0")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _number(env, name, default)
+    if not (value >= 1 and float(value).is_integer()):
+        raise SettingsError(f"{name}={env.get(name)!r} must be a whole number of at least 1")
+    return int(value)
 
 
 def get_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -248,4 +291,7 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         argocd_app=env.get("MLOPS_ARGOCD_APP") or None,
         argocd_namespace=env.get("MLOPS_ARGOCD_NAMESPACE") or "argocd",
         ready_timeout_s=_seconds(env, "MLOPS_READY_TIMEOUT_S", 600.0),
+        feature_ttl_days=_days(env, "MLOPS_FEATURE_TTL_DAYS", 730.0),
+        serving_replicas=_count(env, "MLOPS_SERVING_REPLICAS", 2),
+        serving_hold_s=_seconds(env, "MLOPS_SERVING_HOLD_S", 30.0),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import string
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
@@ -98,16 +98,25 @@ class FeatureStoreClient:
         service = self.store.get_feature_service(self.settings.feature_service)
         return self.store.get_historical_features(entity_df=entity_df, features=service).to_df()
 
+    def online_response(self, entity_ids: Sequence[int], features: Iterable[str] | None = None):
+        """Feast's OnlineResponse: values, statuses and event timestamps per requested id."""
+        spec = self.settings.dataset_spec()
+        refs = list(features) if features is not None else self.store.get_feature_service(
+            self.settings.feature_service)
+        rows = [{spec.entity: int(entity_id)} for entity_id in entity_ids]
+        return self.store.get_online_features(features=refs, entity_rows=rows)
+
     def online_columns(self, entity_ids: Sequence[int], features: Iterable[str] | None = None
                        ) -> dict[str, list]:
         """Latest values per id as {column: [value per id]}; unknown ids get None.
 
         The serving hot path reads this directly: a DataFrame would cost more than the lookup."""
-        spec = self.settings.dataset_spec()
-        refs = list(features) if features is not None else self.store.get_feature_service(
-            self.settings.feature_service)
-        rows = [{spec.entity: int(entity_id)} for entity_id in entity_ids]
-        return self.store.get_online_features(features=refs, entity_rows=rows).to_dict()
+        return self.online_response(entity_ids, features).to_dict()
+
+    def feature_view_ttl(self) -> timedelta | None:
+        """How old an entity's features may be before they count as expired (None: never)."""
+        ttl = self.store.get_feature_view(FEATURE_VIEW).ttl
+        return ttl if ttl else None
 
     def online_features(self, entity_ids: Sequence[int], features: Iterable[str] | None = None
                         ) -> pd.DataFrame:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from mlops_assets.serving.controller import state_pids
 from mlops_assets.serving.server import DEFAULT_MAX_REQUEST_BYTES
-from mlops_assets.settings import PROJECT_ROOT, Settings, get_settings
+from mlops_assets.settings import Settings, get_settings
 
 INGRESS_START_TIMEOUT_S = 60.0
 ADMIN_TIMEOUT_S = 600.0
@@ -95,7 +96,7 @@ class LocalServingBackend:
             _wait_for_exit(state["ingress"]["pid"], timeout=30.0)
         except httpx.HTTPError:
             pass
-        for pid in _state_pids(state):
+        for pid in state_pids(state):
             _kill(pid)
         state["running"] = False
         self.state_path.write_text(json.dumps(state, indent=2))
@@ -122,7 +123,7 @@ class LocalServingBackend:
         if state and _alive(state["ingress"]["pid"]) and _answers(state["endpoint"]):
             return state["endpoint"]
         if state:  # a dead ingress's children die with it; clear any left over
-            for pid in _state_pids(state):
+            for pid in state_pids(state):
                 _kill(pid)
         port = _free_or_new_port(state["ingress"]["port"] if state else None)
         self._spawn_ingress(port)
@@ -131,14 +132,15 @@ class LocalServingBackend:
     def _spawn_ingress(self, port: int) -> None:
         log_dir = self.settings.logs_dir / "serving"
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = self.settings.env_for_subprocess()
-        env["OMP_NUM_THREADS"] = "1"
+        work_dir = self.settings.serving_dir / "run"
+        work_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "ingress.log", "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlops_assets.serving", "--role", "ingress", "--http_port", str(port),
                  "--model_name", self.settings.model_name, "--max_request_bytes", str(self.max_request_bytes)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=str(PROJECT_ROOT), start_new_session=True)  # outlives the caller (a Dagster run)
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.settings.serving_env(),  # nothing inherited from the caller (e.g. Feast's state)
+                cwd=str(work_dir), start_new_session=True)  # outlives the caller (a Dagster run)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + INGRESS_START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -187,16 +189,11 @@ def _wait_for_exit(pid: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _state_pids(state: dict) -> list[int]:
-    return [child["pid"] for revision in (state.get("revisions") or {}).values() if revision
-            for child in (revision["predictor"], revision["transformer"]) if child.get("pid")]
-
-
 def _free_or_new_port(preferred: int | None) -> int:
     """Keep the endpoint stable across restarts when the old port is still free."""
     import socket
 
-    from mlops_assets.serving.ingress import free_port
+    from mlops_assets.serving.controller import free_port
 
     if preferred:
         with socket.socket() as sock:

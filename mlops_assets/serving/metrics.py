@@ -29,6 +29,9 @@ MODEL_VERSION = Gauge("mlops_model_version_info", "model version served (value 1
                       SERVER_LABELS + ("model_version",))
 FEATURE_LOOKUP = Histogram("mlops_feature_lookup_seconds", "Feast online lookup latency", SERVER_LABELS,
                            buckets=LATENCY_BUCKETS)
+LOOKUP_MISSES = Counter("mlops_feature_lookup_misses_total",
+                        "entity ids without usable online features: unknown, or expired (older than the TTL)",
+                        SERVER_LABELS + ("reason",))
 
 _INGRESS_SERIES: tuple[Counter, Gauge] | None = None
 
@@ -78,12 +81,18 @@ class ServerMetrics:
     def observe_feature_lookup(self, revision: str, seconds: float) -> None:
         self._child(FEATURE_LOOKUP, revision).observe(seconds)
 
+    def observe_lookup_misses(self, revision: str, reason: str, count: int) -> None:
+        self._child(LOOKUP_MISSES, revision, reason).inc(count)
+
     def prime(self, revision: str, model_version: str | None) -> None:
         """Create every series at start-up, so /metrics lists them before the first request."""
         for metric in (REQUEST_LATENCY, SCORES, FEATURE_LOOKUP):
             self._child(metric, revision)
         self._child(REQUESTS, revision, "200")
         self._child(ERRORS, revision, "400")
+        if self.role == "transformer":
+            for reason in ("unknown", "expired"):
+                self._child(LOOKUP_MISSES, revision, reason)
         for predicted in ("0", "1"):
             self._child(PREDICTIONS, revision, predicted)
         if model_version is not None:

@@ -167,6 +167,7 @@ class ChurnPredictor(Model):
         self.max_instances = max_instances
         self.model: LoadedModel | None = None
         self.load_error: str | None = None
+        self.explainer_warm = False
         self._score: Callable[[dict], np.ndarray] | None = None
 
     @property
@@ -186,10 +187,35 @@ class ChurnPredictor(Model):
             self.ready = False
             return False
         self._score = self._choose_scorer()
+        self._warm_explainer()
         self.ready = True
         log.warning("model %s version %s loaded (%s path)", self.name, self.model.version,
                     "compiled linear" if self._score != self._score_with_pipeline else "pipeline")
         return True
+
+    def _warm_explainer(self) -> None:
+        """Explain one background row before reporting ready: the first explanation pays for
+        importing shap and compiling its code paths (seconds), which no client request should."""
+        background = self.model.background
+        if background is None or background.empty:
+            return
+        started = time.perf_counter()
+        row = background.iloc[:1][list(self.model.schema.names)].reset_index(drop=True)
+        shap_values(self.model.pipeline, background, row, self.model.schema)
+        self.explainer_warm = True
+        log.warning("explainer warmed in %.1f s", time.perf_counter() - started)
+
+    def get_input_types(self) -> list[dict]:
+        """Open Inference Protocol metadata: one 1-D input per feature of the model's signature."""
+        if self.model is None:
+            return []
+        datatypes = {INTEGER: "INT64", STRING: "BYTES"}
+        return [{"name": name, "datatype": datatypes.get(self.model.schema.kinds[name], "FP64"), "shape": [-1]}
+                for name in self.model.schema.names]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "score", "datatype": "FP64", "shape": [-1]},
+                {"name": "prediction", "datatype": "INT64", "shape": [-1]}]
 
     def _choose_scorer(self) -> Callable[[dict], np.ndarray]:
         fast = compile_linear_scorer(self.model.pipeline, self.model.schema)

@@ -24,6 +24,7 @@ DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 INFERENCE_PREFIXES = ("/v1/models/", "/v2/models/")
 REVISION_HEADER = "x-mlops-revision"
 REVISIONS = ("stable", "canary")
+BINARY_LENGTH_HEADER = b"inference-header-content-length"
 
 Send = Callable[[dict], Awaitable[None]]
 
@@ -100,6 +101,7 @@ class RequestGuard:
 
         try:
             body = await read_body(scope, receive, self.max_request_bytes)
+            check_binary_header(scope, body)
         except ServingError as exc:
             await send_json(send_and_note_status, exc.status, {"error": exc.message}, close=True)
         else:
@@ -127,6 +129,7 @@ def _error_handlers() -> dict:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+    from starlette.exceptions import HTTPException
 
     def answer(status: int, message: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": message})
@@ -155,13 +158,54 @@ def _error_handlers() -> dict:
                              for error in errors[:5])
         return answer(422, f"invalid request body: {problems}")
 
+    async def http_error(_, exc: HTTPException):  # unknown path (404), wrong method (405)
+        return answer(exc.status_code, str(exc.detail))
+
     async def unexpected(_, exc: Exception):
         log.exception("unhandled error")
         return answer(500, f"internal error ({type(exc).__name__})")
 
     return {ServingError: serving_error, InvalidInput: invalid_input, ModelNotFound: model_not_found,
             ModelNotReady: model_not_ready, RequestValidationError: request_validation,
-            Exception: unexpected}
+            HTTPException: http_error, Exception: unexpected}
+
+
+def strict_dataplane(base):
+    """KServe's DataPlane whose request decoding answers malformed input with InvalidInput (400):
+    KServe's own raises ValueError and friends (a 500) on e.g. a bad binary-extension request."""
+    from kserve.errors import InvalidInput
+
+    class StrictDataPlane(base):
+        def decode(self, *args, **kwargs):
+            try:
+                return super().decode(*args, **kwargs)
+            except InvalidInput:
+                raise
+            except Exception as exc:
+                raise InvalidInput(f"malformed request: {type(exc).__name__}: {exc}"[:300]) from None
+
+        def decode_inference_request(self, body, headers, model_name):
+            try:
+                return super().decode_inference_request(body, headers, model_name)
+            except InvalidInput:
+                raise
+            except Exception as exc:
+                raise InvalidInput(f"malformed inference request: {type(exc).__name__}: {exc}"[:300]) from None
+
+    return StrictDataPlane
+
+
+def check_binary_header(scope: dict, body: bytes) -> None:
+    """The Open Inference Protocol binary extension: the JSON part's length must be a valid length."""
+    declared = header(scope, BINARY_LENGTH_HEADER)
+    if declared is None:
+        return
+    if not declared.isdigit() or len(declared) > 12:
+        raise ServingError(f"{BINARY_LENGTH_HEADER.decode()} must be a non-negative integer, "
+                           f"got {declared[:40].decode('latin-1')!r}", status=400)
+    if int(declared) > len(body):
+        raise ServingError(f"{BINARY_LENGTH_HEADER.decode()} is {int(declared)} but the body has only "
+                           f"{len(body)} bytes", status=400)
 
 
 def build_app(model, metrics: ServerMetrics, default_revision: str,
@@ -180,7 +224,7 @@ def build_app(model, metrics: ServerMetrics, default_revision: str,
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
     repository = ModelRepository()
     repository.update(model)
-    dataplane = DataPlane(model_registry=repository)
+    dataplane = strict_dataplane(DataPlane)(model_registry=repository)
     app = FastAPI(title=f"mlops {model.name}", docs_url=None, redoc_url=None, openapi_url=None,
                   exception_handlers=_error_handlers())
 
@@ -189,7 +233,8 @@ def build_app(model, metrics: ServerMetrics, default_revision: str,
 
     async def ready() -> JSONResponse:
         if model.ready:
-            return JSONResponse({"ready": True, "model_version": getattr(model, "model_version", None)})
+            return JSONResponse({"ready": True, "model_version": getattr(model, "model_version", None),
+                                 "explainer_warm": getattr(model, "explainer_warm", None)})
         reason = getattr(model, "load_error", None) or "model not loaded"
         return JSONResponse({"ready": False, "error": reason}, status_code=503)
 
@@ -206,8 +251,10 @@ def serve(app, host: str, port: int) -> None:
     """Run uvicorn quietly (no access log); SIGTERM drains in-flight requests, then exits."""
     import uvicorn
 
+    from mlops_assets.serving.protocol import GuardedHttpToolsProtocol
+
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            loop="uvloop", http="httptools", lifespan="off",
+                            loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="off",
                             timeout_keep_alive=65, timeout_graceful_shutdown=15)
     uvicorn.Server(config).run()
 

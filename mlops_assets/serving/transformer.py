@@ -12,7 +12,7 @@ import contextvars
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -67,12 +67,34 @@ class ChurnTransformer(Model):
         self.schema = FeatureSchema.from_spec(self.spec)
         self.features = FeatureStoreClient(settings)
         self.feature_refs: list[str] = []
+        self._metadata: dict | None = None
+        self.ttl: timedelta | None = None
 
     def load(self) -> bool:
         self.feature_refs = self.features.feature_refs()
+        self.ttl = self.features.feature_view_ttl()
         self.features.online_features([0], self.feature_refs)  # opens the SQLite connection now
         self.ready = True
         return True
+
+    async def get_input_types(self) -> list[dict]:
+        """The predictor's Open Inference Protocol metadata (from the model signature)."""
+        return (await self._predictor_metadata()).get("inputs", [])
+
+    async def get_output_types(self) -> list[dict]:
+        return (await self._predictor_metadata()).get("outputs", [])
+
+    async def _predictor_metadata(self) -> dict:
+        if self._metadata is None:
+            url = f"{self.predictor_config.predictor_base_url}/v2/models/{self.name}"
+            try:
+                async with httpx.AsyncClient(timeout=10.0) as client:
+                    response = await client.get(url)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise PredictorUnavailable(f"predictor metadata unavailable: {type(exc).__name__}") from None
+            self._metadata = response.json()
+        return self._metadata
 
     async def preprocess(self, payload: Any, headers: dict | None = None) -> dict:
         if isinstance(payload, InferRequest):
@@ -108,21 +130,45 @@ class ChurnTransformer(Model):
 
     def _lookup(self, entity_ids: list[int], revision: str) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        columns = self.features.online_columns(entity_ids, self.feature_refs)
+        response = self.features.online_response(entity_ids, self.feature_refs)
+        columns = response.to_dict()
         self.metrics.observe_feature_lookup(revision, time.perf_counter() - started)
         names = self.schema.names
         rows = [{name: columns[name][i] for name in names} for i in range(len(entity_ids))]
         absent = [[name for name in names if _is_missing(row[name])] for row in rows]
         unknown = [entity_ids[i] for i, missing in enumerate(absent) if len(missing) == len(names)]
-        if unknown:
-            raise InvalidRequest(f"unknown {self.spec.entity} {unknown}: no features in the online store",
-                                 status=404)
+        expired = self._expired(response, entity_ids, unknown)
+        if unknown or expired:
+            problems = []
+            if unknown:
+                self.metrics.observe_lookup_misses(revision, "unknown", len(unknown))
+                problems.append(f"unknown {self.spec.entity} {unknown}: no features in the online store")
+            if expired:
+                self.metrics.observe_lookup_misses(revision, "expired", len(expired))
+                latest = max(expired.values()).isoformat()
+                problems.append(f"{self.spec.entity} {sorted(expired)}: features expired: their latest row "
+                                f"({latest}) is older than the feature view's TTL of {_days(self.ttl)}")
+            raise InvalidRequest("; ".join(problems), status=404)
         incomplete = [i for i, missing in enumerate(absent) if missing]
         if incomplete:
             i = incomplete[0]
             raise InvalidRequest(f"{self.spec.entity} {entity_ids[i]} has no value for features {absent[i]}",
                                  status=422)
         return rows
+
+    def _expired(self, response, entity_ids: list[int], unknown: list[int]) -> dict[int, datetime]:
+        """Ids whose feature row is older than the feature view's TTL, with that row's time."""
+        if self.ttl is None:
+            return {}
+        proto = response.proto
+        names = list(proto.metadata.feature_names.val)
+        first_feature = names.index(self.schema.names[0])
+        stamps = proto.results[first_feature].event_timestamps
+        oldest_allowed = time.time() - self.ttl.total_seconds()
+        skip = set(unknown)
+        return {entity_id: datetime.fromtimestamp(stamps[i].seconds, timezone.utc)
+                for i, entity_id in enumerate(entity_ids)
+                if entity_id not in skip and stamps[i].seconds and stamps[i].seconds < oldest_allowed}
 
     def _forward_headers(self, headers: dict | None) -> dict:
         headers = headers or {}
@@ -189,3 +235,8 @@ def _error_message(response: httpx.Response) -> str:
         return str(response.json().get("error", response.text))
     except ValueError:
         return response.text[:200]
+
+
+def _days(ttl: timedelta) -> str:
+    days = ttl.total_seconds() / 86400
+    return f"{days:g} days"

@@ -96,10 +96,23 @@ def check_cell(value: Any, kind: str, where: str) -> Any:
     return value
 
 
+# Bodies sent with these content types are read as JSON: KServe reads a body without a content type
+# as JSON, and `curl -d` labels its body as a form.
+JSON_ALSO = ("", "application/x-www-form-urlencoded")
+
+
 def check_decoded(payload: Any, headers: Mapping[str, str] | None) -> Any:
-    """KServe hands over raw bytes when the content type is not JSON: refuse them by name."""
+    """KServe hands over raw bytes when the content type is not JSON: read curl's default (a form)
+    as JSON, refuse anything else by name."""
     if isinstance(payload, (bytes, bytearray, str)):
-        content_type = (headers or {}).get("content-type", "none")
+        content_type = (headers or {}).get("content-type", "")
+        if content_type.split(";")[0].strip().lower() in JSON_ALSO:
+            import orjson
+
+            try:
+                return orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"malformed JSON body: {exc}") from None
         raise InvalidRequest(f"request body must be JSON sent as 'Content-Type: application/json', "
                              f"got content type '{content_type}'", status=415)
     return payload

@@ -74,9 +74,11 @@ def build_world(home: Path) -> ServingWorld:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> ServingWorld:
     home = tmp_path_factory.mktemp("mlops-home")
-    saved = {key: os.environ.get(key) for key in ("MLOPS_HOME", "MLOPS_PROFILE")}
+    saved = {key: os.environ.get(key) for key in ("MLOPS_HOME", "MLOPS_PROFILE", "MLOPS_SERVING_HOLD_S")}
     os.environ["MLOPS_HOME"] = str(home)  # the servers started below resolve the same settings
     os.environ["MLOPS_PROFILE"] = "local"
+    # Restarts take long on a busy 2-core machine: hold requests long enough to outlast one.
+    os.environ["MLOPS_SERVING_HOLD_S"] = "180"
     try:
         yield build_world(home)
     finally:
@@ -99,18 +101,56 @@ class Deployment:
         return f"{base or self.endpoint}/v1/models/churn:predict"
 
 
+# The launcher: a short-lived process that imports Feast (which sets PROMETHEUS_MULTIPROC_DIR to a
+# temporary directory), deploys, removes that directory (as a run's temporary directory is) and
+# exits; serving must not depend on it.
+LAUNCHER = """
+import json, os, shutil, sys
+import feast  # noqa: F401  (sets PROMETHEUS_MULTIPROC_DIR in this process's environment)
+from mlops_assets.serving.backend_local import LocalServingBackend
+
+assert os.environ.get("PROMETHEUS_MULTIPROC_DIR"), "feast no longer sets PROMETHEUS_MULTIPROC_DIR"
+stable, canary = sys.argv[1], sys.argv[2]
+backend = LocalServingBackend()
+backend.deploy(stable)
+state = backend.deploy_canary(canary, percent=20)
+shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"])  # as a run's throwaway temporary directory goes
+print(json.dumps({"state": state, "multiproc_dir": os.environ["PROMETHEUS_MULTIPROC_DIR"]}))
+"""
+
+
+def launch_from_short_lived_process(world: ServingWorld) -> dict:
+    """Run LAUNCHER in a child process (the launcher has exited when this returns)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**world.settings.env_for_subprocess(), "PROMETHEUS_MULTIPROC_DIR": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, world.versions["stable"], world.versions["canary"]],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
-def deployment(world):
-    """Stable = version 1 at 80%, canary = version 2 at 20%, behind the local ingress."""
+def launched(world) -> dict:
+    """What the short-lived launcher saw: the deployment state and Feast's multiprocess directory."""
     from mlops_assets.serving.backend_local import LocalServingBackend
 
-    backend = LocalServingBackend(world.settings)
     try:
-        backend.deploy(world.versions["stable"])
-        state = backend.deploy_canary(world.versions["canary"], percent=20)
-        yield Deployment(backend, state["endpoint"])
+        yield launch_from_short_lived_process(world)
     finally:
-        backend.stop()
+        LocalServingBackend(world.settings).stop()
+
+
+@pytest.fixture(scope="session")
+def deployment(world, launched):
+    """Stable = version 1 at 80%, canary = version 2 at 20%, behind the local ingress; each revision
+    has the default two replicas. Started by a process that has exited since."""
+    from mlops_assets.serving.backend_local import LocalServingBackend
+
+    yield Deployment(LocalServingBackend(world.settings), launched["state"]["endpoint"])
 
 
 @pytest.fixture(scope="session")

@@ -224,8 +224,9 @@ def test_metrics_expose_every_documented_series(world, deployment):
     httpx.post(f"{deployment.endpoint}/v1/models/churn:explain", json={"instances": [{"customer_id": 9}]},
                timeout=60)
     stable = deployment.revision("stable")
-    transformer = httpx.get(f"{stable['transformer']['url']}/metrics").text
-    predictor = httpx.get(f"{stable['predictor']['url']}/metrics").text
+    # The explain went to one of the revision's replicas: read them all.
+    transformer = "".join(httpx.get(f"{r['transformer']['url']}/metrics").text for r in stable["replicas"])
+    predictor = "".join(httpx.get(f"{r['predictor']['url']}/metrics").text for r in stable["replicas"])
     ingress = httpx.get(f"{deployment.endpoint}/metrics").text
     for name in CONTRACT_SERIES + ["mlops_feature_lookup_seconds"]:
         assert f"\n{name}" in transformer, name
@@ -272,3 +273,29 @@ def test_predictor_that_cannot_load_never_reports_ready(world):
     ready, model_ready, predict = asyncio.run(probe())
     assert ready.status_code == 503 and "999" in ready.json()["error"]
     assert model_ready.status_code == 503 and predict.status_code == 503
+
+
+def test_v2_model_metadata_lists_the_signature_inputs_and_the_outputs(world, deployment):
+    import mlflow
+
+    version = world.versions["stable"]
+    signature = mlflow.models.get_model_info(f"models:/{world.settings.model_name}/{version}").signature
+    expected_types = {"long": "INT64", "integer": "INT64", "string": "BYTES", "double": "FP64", "float": "FP64"}
+    expected = [{"name": column.name, "datatype": expected_types[str(column.type.name).lower()], "shape": [-1]}
+                for column in signature.inputs.inputs]
+    predictor = deployment.revision("stable")["predictor"]["url"]
+    for base in (predictor, deployment.endpoint):
+        metadata = httpx.get(f"{base}/v2/models/churn", timeout=10)
+        assert metadata.status_code == 200, metadata.text
+        assert metadata.json()["name"] == "churn"
+        assert metadata.json()["inputs"] == expected
+        assert metadata.json()["outputs"] == [{"name": "score", "datatype": "FP64", "shape": [-1]},
+                                              {"name": "prediction", "datatype": "INT64", "shape": [-1]}]
+    assert {item["name"] for item in expected} == set(world.settings.dataset_spec().features)
+
+
+def test_every_predictor_warmed_its_explainer_before_it_reported_ready(deployment):
+    for name in ("stable", "canary"):
+        for replica in deployment.revision(name)["replicas"]:
+            ready = httpx.get(f"{replica['predictor']['url']}/v2/health/ready", timeout=10).json()
+            assert ready["ready"] is True and ready["explainer_warm"] is True, ready
