@@ -31,7 +31,7 @@ _settings = get_settings()
 def retrain_assets(profile: str) -> tuple[str, ...]:
     """In ``k8s`` the rollout is its own job on ``k8s_job_executor``, started by a sensor on a new
     champion (mlops_assets.deployment.k8s); locally the retrain run rolls out itself."""
-    return RETRAIN_ASSETS if profile == "local" else tuple(a for a in RETRAIN_ASSETS if a != "inference_service")
+    return RETRAIN_ASSETS if profile != "k8s" else tuple(a for a in RETRAIN_ASSETS if a != "inference_service")
 
 
 retrain_job = dg.define_asset_job("retrain_job", selection=dg.AssetSelection.assets(*retrain_assets(_settings.profile)))
@@ -127,8 +127,8 @@ def retrain_run_config() -> dict:
 
 
 def default_status() -> dg.DefaultSensorStatus:
-    local = _settings.profile == "local"
-    return dg.DefaultSensorStatus.RUNNING if local else dg.DefaultSensorStatus.STOPPED
+    on_this_machine = _settings.profile != "k8s"  # local and stack: the daemon acts on them
+    return dg.DefaultSensorStatus.RUNNING if on_this_machine else dg.DefaultSensorStatus.STOPPED
 
 
 def build_drift_sensor(threshold: float = DEFAULT_DRIFT_SHARE_THRESHOLD,

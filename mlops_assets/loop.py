@@ -30,12 +30,23 @@ BUILD_SELECTION = ["dataset", "feature_table", "feature_store", "training_set", 
                    "batch_predictions"]
 
 
+def instance_yaml(settings: Settings) -> str:
+    """dagster.yaml: runs, events and schedules in PostgreSQL when the profile has a server (stack),
+    else SQLite files in DAGSTER_HOME."""
+    text = "telemetry:\n  enabled: false\n"
+    if settings.postgres_url:
+        url = settings.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1).rstrip("/")
+        text += f"storage:\n  postgres:\n    postgres_url: {url}/dagster\n"
+    return text
+
+
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance in MLOPS_HOME, the one `dagster dev` and the daemon use."""
+    """The persistent instance, the one `dagster dev` and the daemon use (config in DAGSTER_HOME)."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    wanted = instance_yaml(settings)
+    if not config.exists() or config.read_text() != wanted:
+        config.write_text(wanted)
     return dg.DagsterInstance.from_config(str(settings.dagster_home))
 
 

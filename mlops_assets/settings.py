@@ -6,7 +6,10 @@ profile switch (``MLOPS_PROFILE``) or a different state directory (``MLOPS_HOME`
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -43,6 +46,18 @@ LIBRARY_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION
 DEPLOY_MODES = ("apply", "gitops")
 IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+_SCRATCH: list[Path] = []
+
+
+def process_scratch() -> Path:
+    """A fresh temporary directory for this process, removed when the process ends. In the stack
+    profile every Dagster step runs in its own process, so no step reads another's local files."""
+    if not _SCRATCH or not _SCRATCH[0].exists():
+        _SCRATCH[:] = [Path(tempfile.mkdtemp(prefix=f"mlops-run-{os.getpid()}-"))]
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
 
 
 class SettingsError(ValueError):
@@ -87,7 +102,15 @@ class Settings:
         """Runs keep nothing on local disk (``stack`` and ``k8s``): every state lives in a service."""
         return self.profile != "local"
 
-    # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
+    # --- state directories (inside MLOPS_HOME; in `stack`, run state in a throwaway directory) --
+    @property
+    def scratch_dir(self) -> Path:
+        return process_scratch()
+
+    @property
+    def _run_state(self) -> Path:
+        return self.scratch_dir if self.profile == "stack" else self.home
+
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
@@ -99,7 +122,7 @@ class Settings:
     @property
     def data_repo(self) -> Path:
         """Git + DVC workspace holding the dataset's .dvc files; each version is a commit and a tag."""
-        return self.home / "data"
+        return self._run_state / "data"
 
     @property
     def dvc_remote(self) -> str:
@@ -131,7 +154,7 @@ class Settings:
 
     @property
     def feast_dir(self) -> Path:
-        return self.home / "feast"
+        return self._run_state / "feast"
 
     @property
     def feast_offline_path(self) -> str:
@@ -150,11 +173,18 @@ class Settings:
 
     @property
     def reports_dir(self) -> Path:
-        return self.home / "reports"
+        return self._run_state / "reports"
 
     @property
     def io_manager_dir(self) -> Path:
-        return self.home / "io"
+        return self._run_state / "io"
+
+    @property
+    def feast_registry_url(self) -> str | None:
+        """SQLAlchemy URL of the Feast SQL registry (database ``feast`` on the PostgreSQL server)."""
+        if not self.postgres_url:
+            return None
+        return self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1).rstrip("/") + "/feast"
 
     def dataset_spec(self):
         """The demo churn spec, or the bring-your-own config named by MLOPS_DATASET_CONFIG."""
@@ -163,8 +193,9 @@ class Settings:
         return load_spec(self.dataset_config) if self.dataset_config else DEMO_SPEC
 
     def ensure_dirs(self) -> None:
-        for path in (self.dagster_home, self.logs_dir, self.mlflow_dir, self.feast_dir,
-                     self.serving_dir, self.reports_dir, self.io_manager_dir):
+        local_state = () if self.profile == "stack" else (self.mlflow_dir, self.feast_dir, self.reports_dir,
+                                                          self.io_manager_dir)
+        for path in (self.dagster_home, self.logs_dir, self.serving_dir, *local_state):
             path.mkdir(parents=True, exist_ok=True)
 
     def s3_client_env(self) -> dict[str, str]:

@@ -109,6 +109,10 @@ class DataVersioner:
         except Exception:  # an empty repository has no HEAD
             return False
 
+    def location(self, version: TableVersion) -> str:
+        """Where a user finds the version's file (a path here; a git URL and tag for a git remote)."""
+        return str(self.root / version.path)
+
     # --- read -------------------------------------------------------------------------------
     def read_table(self, name: str, rev: str | None = None, md5: str | None = None) -> pd.DataFrame:
         """Read a recorded version by git revision or tag (``rev``) or by its DVC md5."""

@@ -24,12 +24,13 @@ FEATURE_VIEW = "customer_features"
 
 def repo_config_dict(settings: Settings) -> dict:
     """feature_store.yaml for the profile, with ${MLOPS_FEAST_DIR} filled in from settings."""
-    name = "feature_store.yaml" if settings.profile == "local" else "feature_store.k8s.yaml"
+    name = {"local": "feature_store.yaml", "stack": "feature_store.stack.yaml"}.get(settings.profile,
+                                                                                  "feature_store.k8s.yaml")
     path = settings.feature_repo / name
-    if not path.exists():  # the k8s variant lives with the deployment files
+    if not path.exists():  # the k8s and stack variants live with the deployment files
         path = settings.feature_repo.parent / "deploy" / "feast" / name
     values = {"MLOPS_FEAST_DIR": str(settings.feast_dir), "MLOPS_S3_BUCKET": settings.s3_bucket or "",
-              "MLOPS_REDIS": settings.redis_connection}
+              "MLOPS_REDIS": settings.redis_connection, "MLOPS_FEAST_REGISTRY_URL": settings.feast_registry_url or ""}
     return yaml.safe_load(string.Template(path.read_text()).safe_substitute(values))
 
 
@@ -37,6 +38,7 @@ def open_store(settings: Settings) -> "FeatureStore":
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
+    settings.export_s3_env()  # the S3 offline store reads its endpoint and credentials from the environment
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(**repo_config_dict(settings))
     config.repo_path = settings.feature_repo
