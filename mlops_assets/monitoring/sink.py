@@ -3,7 +3,7 @@
     python -m mlops_assets.monitoring.sink [--host 127.0.0.1] [--port 55600]
 
 Routes
-    POST /          one CloudEvent, binary mode (``ce-*`` headers + JSON body) or structured mode
+    POST /events    one CloudEvent (also at /), binary mode (``ce-*`` headers + JSON body) or structured mode
                     (``application/cloudevents+json``). Types: KServe's
                     ``org.kubeflow.serving.inference.request`` / ``.response`` (the pair shares ``ce-id``;
                     the reader joins them) and ``org.mlops.prediction.log`` (a list of prediction
@@ -185,10 +185,10 @@ def make_handler(committer: GroupCommitter):
                 rejected.labels("storage").inc()
                 return self._reply(503, {"error": f"not stored ({committer.store.describe()}): {exc}"})
             accepted.labels(kind).inc(len(lines))
-            self._reply(200 if self.path != "/" else 202, {"stored": len(lines)})
+            self._reply(202 if kind not in ("label", "alert") else 200, {"stored": len(lines)})
 
         def _lines(self, body: bytes) -> tuple[str, list[bytes], str]:
-            if self.path in ("/", ""):
+            if self.path in ("/", "", "/events"):
                 event = parse_cloudevent(self.headers, body)
                 return EVENTS, [json.dumps(event).encode()], event["type"]
             if self.path == "/labels":
