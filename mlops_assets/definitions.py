@@ -9,6 +9,7 @@ from mlops_assets.deployment import assets as deployment_assets
 from mlops_assets.drift import assets as drift_assets
 from mlops_assets.features import assets as feature_assets
 from mlops_assets.monitoring import assets as monitoring_assets
+from mlops_assets.monitoring.alerts import alert_sensors
 from mlops_assets.registry import assets as registry_assets
 from mlops_assets.resources import build_resources
 from mlops_assets.settings import Settings, get_settings
@@ -35,7 +36,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
         jobs=[*automation.JOBS, registry_assets.rollback, *jobs],
-        sensors=[*automation.SENSORS, *sensors],
+        sensors=[*automation.SENSORS, *sensors, *alert_sensors(settings)],
         schedules=automation.SCHEDULES,
         resources=build_resources(settings),
         executor=dg.in_process_executor if settings.profile == "local" else None,

@@ -60,6 +60,10 @@ class LocalMonitoring:
     def report_path(self, name: str) -> Path:
         return self.settings.reports_dir / name
 
+    def alerts(self, after: str = "") -> list[tuple[str, dict]]:
+        """Alertmanager webhook payloads received after ``after`` (none here: no webhook locally)."""
+        return []
+
     def publish_report(self, path: Path) -> str:
         return path.as_uri()
 
@@ -93,6 +97,14 @@ class StackMonitoring(LocalMonitoring):
         from mlops_assets.monitoring.object_log import LABELS
 
         return self.objects.lines(self.objects.keys(LABELS))
+
+    def alerts(self, after: str = "") -> list[tuple[str, dict]]:
+        from mlops_assets.monitoring.object_log import ALERTS
+
+        out = []
+        for key in self.objects.keys(ALERTS, after=after):
+            out.extend((key, json.loads(line)) for line in self.objects.lines([key]) if line.strip())
+        return out
 
     def deliver_labels(self, labels: Mapping[str, int]) -> str:
         import httpx
