@@ -39,7 +39,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[*automation.SENSORS, *sensors, *alert_sensors(settings)],
         schedules=automation.SCHEDULES,
         resources=build_resources(settings),
-        executor=dg.in_process_executor if settings.profile == "local" else None,
+        # local and stack: one run worker process per run (in stack its throwaway directory dies with it)
+        executor=dg.in_process_executor if settings.profile != "k8s" else None,
     )
 
 

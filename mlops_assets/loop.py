@@ -5,13 +5,11 @@ tests both use these, so the demo is what the tests prove.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +19,6 @@ from typing import Callable
 import dagster as dg
 import httpx
 
-from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
 # Everything but the monitoring assets, which need traffic first.
@@ -121,12 +118,12 @@ def send_traffic(settings: Settings, scenario: str, requests: int, seed: int, ra
     return traffic
 
 
-def deliver_labels(settings: Settings, labels: dict[str, int]) -> Path:
-    """The feedback path: a JSON Lines file dropped where monitoring reads labels."""
-    path = settings.serving_dir / "labels" / f"labels-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
-    atomic_write_text(path, "".join(json.dumps({"request_id": rid, "label": label}) + "\n"
-                                    for rid, label in labels.items()))
-    return path
+def deliver_labels(settings: Settings, labels: dict[str, int]) -> str:
+    """The feedback path, where the profile's monitoring reads labels: a JSON Lines file locally,
+    ``POST /labels`` to the sink in `stack`. Returns where they went."""
+    from mlops_assets.resources import monitoring
+
+    return monitoring(settings).deliver_labels(labels)
 
 
 def window_config(since: datetime) -> dict:

@@ -35,9 +35,25 @@ def monitoring(settings: Settings) -> LocalMonitoring:
     return StackMonitoring(settings) if settings.sink_url else LocalMonitoring(settings)
 
 
+def settings_resource(settings: Settings):
+    """The settings; in `stack` as a resource that first checks every shared service, so a run whose
+    services are down fails when it starts, naming each service and its URL (before any step)."""
+    if settings.profile != "stack":
+        return settings
+
+    @dg.resource(description="the stack profile's settings, once every shared service answered")
+    def checked_settings(_) -> Settings:
+        from mlops_assets.stack.health import require_services
+
+        require_services(settings)
+        return settings
+
+    return checked_settings
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "settings": settings,
+        "settings": settings_resource(settings),
         "versioner": versioner(settings),
         "monitoring": monitoring(settings),
         "features": FeatureStoreClient(settings),

@@ -75,8 +75,9 @@ def drift_metadata(summary: DriftSummary, log_stats: dict, start: datetime, end:
             "drifted_count": len(result.drifted_columns), "columns_compared": len(result.columns),
             "column_scores": dg.MetadataValue.json({n: asdict(c) for n, c in result.columns.items()}),
         })
-    if html is not None:
-        metadata["report"] = dg.MetadataValue.path(str(html))
+    if html is not None:  # a published report is linked by its URL (the local file is a run's scratch)
+        published = url is not None and not url.startswith("file:")
+        metadata["report"] = dg.MetadataValue.url(url) if published else dg.MetadataValue.path(str(html))
         metadata["report_url"] = dg.MetadataValue.url(url or html.as_uri())
     return metadata
 

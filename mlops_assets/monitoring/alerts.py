@@ -6,7 +6,9 @@ S3), and this sensor turns each newly firing alert into the matching run.
 - ``MLOpsCanaryErrors`` -> the ``rollback`` job (no cool-down: a failing canary is rolled back now).
 
 The cursor is the key of the last webhook object read; an alert is identified by its fingerprint
-and start time (the run key), so Alertmanager's repeats of the same firing never start a second run.
+and start time (the run key), so Alertmanager's repeats of the same firing never start a second run;
+a drift/decay alert whose report a retrain run already answers (the drift and performance sensors
+read the same reports) starts nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,21 @@ def _tags(alert: dict, trigger: str) -> dict[str, str]:
             "mlops/alert_fingerprint": str(alert.get("fingerprint")), "mlops/reason": summary[:200]}
 
 
-def build_alert_sensor(retrain_job, rollback_job, cooldown_minutes: float) -> dg.SensorDefinition:
+def _answered_by(latest, instance: dg.DagsterInstance, name: str) -> str | None:
+    """The gauge an alert fires on comes from the latest drift (or performance) report: a retrain
+    run created after the traffic that report judged already answers it (the drift and performance
+    sensors read the same reports)."""
+    if latest is None:
+        return None
+    key = automation.DRIFT_REPORT if RETRAIN_ALERTS[name] == "drift" else automation.MODEL_PERFORMANCE
+    records = instance.fetch_materializations(key, limit=1).records
+    if records and latest.create_timestamp.timestamp() >= automation.judged_until(records[0]):
+        return f"retrain run {latest.dagster_run.run_id[:8]}, started after the latest report, already answers it"
+    return None
+
+
+def build_alert_sensor(retrain_job, rollback_job, cooldown_minutes: float,
+                       model_name: str | None = None) -> dg.SensorDefinition:
     @dg.sensor(name="alert_sensor", jobs=[retrain_job, rollback_job],
                default_status=automation.default_status(),
                minimum_interval_seconds=ALERT_SENSOR_INTERVAL_SECONDS,
@@ -66,11 +82,19 @@ def build_alert_sensor(retrain_job, rollback_job, cooldown_minutes: float) -> dg
         requests, skipped = [], []
         for alert in firing(payload for _, payload in entries):
             name = (alert.get("labels") or {}).get("alertname", "")
+            about = (alert.get("labels") or {}).get("model_name")
+            if model_name and about and about != model_name:
+                skipped.append(f"{name}: about model {about}, not {model_name}")
+                continue
             if name in ROLLBACK_ALERTS:
                 requests.append(dg.RunRequest(run_key=_run_key(alert), job_name=rollback_job.name,
                                               tags=_tags(alert, f"alert:{name}")))
             elif name in RETRAIN_ALERTS:
                 latest = automation._latest_retrain_run(context.instance)
+                answered = _answered_by(latest, context.instance, name)
+                if answered:
+                    skipped.append(f"{name}: {answered}")
+                    continue
                 last = max(cursor.get("last_trigger_time", 0.0),
                            latest.create_timestamp.timestamp() if latest else 0.0)
                 since = time.time() - last
@@ -98,4 +122,5 @@ def alert_sensors(settings) -> list[dg.SensorDefinition]:
         return []
     from mlops_assets.registry.assets import rollback
 
-    return [build_alert_sensor(automation.retrain_job, rollback, settings.retrain_cooldown_minutes)]
+    return [build_alert_sensor(automation.retrain_job, rollback, settings.retrain_cooldown_minutes,
+                               settings.model_name)]

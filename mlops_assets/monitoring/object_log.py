@@ -27,15 +27,20 @@ MLOPS_RECORDS = "org.mlops.prediction.log"
 class ObjectLog:
     """Append and list JSON Lines objects under ``s3://bucket/prediction-log/<stream>/``."""
 
-    def __init__(self, bucket: str, endpoint_url: str | None, timeout_s: float = 10.0):
+    def __init__(self, bucket: str, endpoint_url: str | None, timeout_s: float = 10.0,
+                 credentials: dict[str, str] | None = None):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.timeout_s = timeout_s
+        self.credentials = credentials or {}  # else boto3's own chain (environment, profile, role)
         self._client = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ObjectLog":
-        return cls(settings.s3_bucket, settings.s3_endpoint_url, settings.service_timeout_s)
+        keys = {"aws_access_key_id": settings.extra.get("AWS_ACCESS_KEY_ID"),
+                "aws_secret_access_key": settings.extra.get("AWS_SECRET_ACCESS_KEY")}
+        return cls(settings.s3_bucket, settings.s3_endpoint_url, settings.service_timeout_s,
+                   {k: v for k, v in keys.items() if v})
 
     @property
     def client(self):
@@ -45,7 +50,8 @@ class ObjectLog:
 
             config = Config(connect_timeout=self.timeout_s, read_timeout=self.timeout_s,
                             retries={"max_attempts": 2, "mode": "standard"})
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config,
+                                        region_name="us-east-1", **self.credentials)
         return self._client
 
     def describe(self) -> str:

@@ -75,7 +75,7 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
     (stack.root / "serving-targets.json").write_text("[]")
     assert {"MLOpsDataDrift", "MLOpsCanaryErrors"} <= names, names
 
-    sensor = build_alert_sensor(automation.retrain_job, rollback, cooldown_minutes=10)
+    sensor = build_alert_sensor(automation.retrain_job, rollback, cooldown_minutes=10, model_name=model)
     instance = dg.DagsterInstance.ephemeral()
     context = dg.build_sensor_context(instance=instance, cursor=json.dumps({"after": start_after}),
                                       resources={"monitoring": monitoring})
@@ -97,6 +97,11 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
                                            cursor=json.dumps({"after": start_after,
                                                               "last_trigger_time": time.time()})))
     assert [r.job_name for r in again.run_requests] == ["rollback"]
+    # alerts about another model are not this code location's to act on
+    other = build_alert_sensor(automation.retrain_job, rollback, cooldown_minutes=10, model_name="other")
+    ignored = other(dg.build_sensor_context(instance=instance, cursor=json.dumps({"after": start_after}),
+                                            resources={"monitoring": monitoring}))
+    assert not ignored.run_requests and f"about model {model}" in ignored.skip_message
     # nothing new since the cursor: nothing to do
     idle = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor,
                                           resources={"monitoring": monitoring}))
