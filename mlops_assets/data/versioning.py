@@ -43,8 +43,17 @@ def version_tag(name: str, md5: str) -> str:
 class DataVersioner:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.root = settings.data_repo
+        self._root: Path | None = None
         self.remote = settings.dvc_remote
+
+    @property
+    def root(self) -> Path:
+        """The workspace (resolved on first use: in `stack` it is a throwaway directory)."""
+        return self._root or self.settings.data_repo
+
+    @root.setter
+    def root(self, path: Path) -> None:
+        self._root = path
 
     # --- workspace --------------------------------------------------------------------------
     def _open_repo(self):

@@ -29,9 +29,12 @@ def repo_config_dict(settings: Settings) -> dict:
     path = settings.feature_repo / name
     if not path.exists():  # the k8s and stack variants live with the deployment files
         path = settings.feature_repo.parent / "deploy" / "feast" / name
-    values = {"MLOPS_FEAST_DIR": str(settings.feast_dir), "MLOPS_S3_BUCKET": settings.s3_bucket or "",
-              "MLOPS_REDIS": settings.redis_connection, "MLOPS_FEAST_REGISTRY_URL": settings.feast_registry_url or ""}
-    return yaml.safe_load(string.Template(path.read_text()).safe_substitute(values))
+    text = path.read_text()
+    values = {"MLOPS_S3_BUCKET": settings.s3_bucket or "", "MLOPS_REDIS": settings.redis_connection,
+              "MLOPS_FEAST_REGISTRY_URL": settings.feast_registry_url or ""}
+    if "${MLOPS_FEAST_DIR}" in text:  # only the local files need a folder (in stack none is made)
+        values["MLOPS_FEAST_DIR"] = str(settings.feast_dir)
+    return yaml.safe_load(string.Template(text).safe_substitute(values))
 
 
 def open_store(settings: Settings) -> "FeatureStore":
@@ -39,8 +42,10 @@ def open_store(settings: Settings) -> "FeatureStore":
     from feast.repo_config import RepoConfig
 
     settings.export_s3_env()  # the S3 offline store reads its endpoint and credentials from the environment
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    config = RepoConfig(**repo_config_dict(settings))
+    values = repo_config_dict(settings)
+    if isinstance(values.get("registry"), str):  # a registry file (local profile): its folder must exist
+        settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(**values)
     config.repo_path = settings.feature_repo
     return FeatureStore(config=config)
 

@@ -94,11 +94,12 @@ def hours_around(start: datetime, end: datetime, slack: timedelta = timedelta(ho
     return start - slack, end + slack
 
 
-def records_from_events(lines: Iterable[str]) -> tuple[list[str], int]:
+def records_from_events(lines: Iterable[str], model: str | None = None) -> tuple[list[str], int]:
     """Prediction-record JSON lines from stored CloudEvents, and the count of unusable events.
 
     ``org.mlops.prediction.log`` events carry records already; a KServe request event and the
-    response event with the same id become one record per instance."""
+    response event with the same id become one record per instance. With ``model``, events of
+    another InferenceService (``inferenceservicename``) are left out."""
     records, bad = [], 0
     requests: dict[str, dict] = {}
     responses: dict[str, dict] = {}
@@ -111,6 +112,8 @@ def records_from_events(lines: Iterable[str]) -> tuple[list[str], int]:
             bad += 1
             continue
         kind = event.get("type")
+        if model and event.get("inferenceservicename") not in (None, model):
+            continue
         if kind == MLOPS_RECORDS:
             records.extend(json.dumps(record) for record in event.get("data") or [])
         elif kind == KSERVE_REQUEST:

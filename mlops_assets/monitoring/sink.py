@@ -42,6 +42,7 @@ from mlops_assets.settings import get_settings
 
 EVENT_TYPES = (KSERVE_REQUEST, KSERVE_RESPONSE, MLOPS_RECORDS)
 REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
+EXTENSIONS = ("inferenceservicename", "component", "endpoint", "namespace")  # KServe's; the model is the first
 MAX_BODY = 16 * 1024 * 1024
 
 
@@ -60,11 +61,12 @@ def parse_cloudevent(headers, body: bytes) -> dict:
         if not isinstance(payload, dict):
             raise BadEvent("a structured CloudEvent must be a JSON object")
         attributes = {k: payload.get(k) for k in REQUIRED_ATTRIBUTES + ("time",)}
+        attributes.update({k: payload[k] for k in EXTENSIONS if isinstance(payload.get(k), str)})
         data = payload.get("data")
     else:
         attributes = {k: headers.get(f"ce-{k}") for k in REQUIRED_ATTRIBUTES + ("time",)}
         data = payload
-        for extension in ("inferenceservicename", "component", "endpoint", "namespace"):
+        for extension in EXTENSIONS:
             if headers.get(f"ce-{extension}"):
                 attributes[extension] = headers.get(f"ce-{extension}")
     missing = [f"ce-{k}" for k in REQUIRED_ATTRIBUTES if not attributes.get(k)]

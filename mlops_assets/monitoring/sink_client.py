@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class SinkPredictionLog:
-    def __init__(self, url: str, source: str, batch: int = 1000, timeout_s: float = 10.0,
-                 flush_timeout_s: float = 30.0):
+    def __init__(self, url: str, source: str, model: str | None = None, batch: int = 1000,
+                 timeout_s: float = 10.0, flush_timeout_s: float = 30.0):
         import httpx
 
         self.url = url.rstrip("/") + "/"
         self.source = source
+        self.model = model  # KServe's ce-inferenceservicename: the reader keeps each model's own log
         self.batch = batch
         self.flush_timeout_s = flush_timeout_s
         self._client = httpx.Client(timeout=timeout_s)
@@ -100,6 +101,8 @@ class SinkPredictionLog:
         body = orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY)
         headers = {"ce-id": uuid.uuid4().hex, "ce-type": MLOPS_RECORDS, "ce-source": self.source,
                    "ce-specversion": "1.0", "content-type": "application/json"}
+        if self.model:
+            headers["ce-inferenceservicename"] = self.model
         delay = 0.05
         while True:
             try:
@@ -119,7 +122,8 @@ class SinkPredictionLog:
 def open_prediction_log(settings, max_bytes: int, source: str = "serving"):
     """The sink over HTTP when the profile has one (stack), else the local file log."""
     if settings.sink_url:
-        return SinkPredictionLog(settings.sink_url, source=source, timeout_s=settings.service_timeout_s)
+        return SinkPredictionLog(settings.sink_url, source=source, model=settings.model_name,
+                                 timeout_s=settings.service_timeout_s)
     from mlops_assets.serving.prediction_log import PredictionLog
 
     return PredictionLog(settings.prediction_log_dir, max_bytes)

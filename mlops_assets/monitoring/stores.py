@@ -89,8 +89,9 @@ class StackMonitoring(LocalMonitoring):
         low, high = hours_around(start, end)
         keys = self.objects.keys(EVENTS)
         inside = set(self.objects.keys(EVENTS, low, high)) if keys else set()
-        records, _ = records_from_events(self.objects.lines([k for k in keys if k in inside]))
-        others, _ = records_from_events(self.objects.lines([k for k in keys if k not in inside]))
+        model = self.settings.model_name
+        records, _ = records_from_events(self.objects.lines([k for k in keys if k in inside]), model)
+        others, _ = records_from_events(self.objects.lines([k for k in keys if k not in inside]), model)
         return [records], [others]
 
     def label_lines(self) -> Iterable[str]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -52,6 +53,8 @@ class Stack:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     python: str = sys.executable
     ready_timeout_s: float = 90.0
+    # e.g. "5s": every alert rule's `for:` shortened (tests); None keeps deploy/monitoring's rules as they are
+    alert_for: str | None = None
 
     # --- layout ------------------------------------------------------------------------------
     @property
@@ -259,6 +262,10 @@ def alertmanager_config(webhook: str) -> str:
 
 def prometheus_config(stack: Stack) -> str:
     rules = PROJECT_ROOT / "deploy/monitoring/prometheus/alerts.yml"
+    if stack.alert_for:
+        text = re.sub(r"^(\s+)for: \S+$", rf"\1for: {stack.alert_for}", rules.read_text(), flags=re.M)
+        rules = stack.root / "alerts.yml"
+        rules.write_text(text)
     return json.dumps({  # JSON is YAML
         "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
         "rule_files": [str(rules)],

@@ -18,7 +18,8 @@ from mlops_assets.stack.services import Stack, free_ports
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    services = Stack(root=tmp_path_factory.mktemp("mlops-stack"), ports=free_ports())
+    # the alert rules as deployed, with `for:` shortened so a firing alert takes seconds, not minutes
+    services = Stack(root=tmp_path_factory.mktemp("mlops-stack"), ports=free_ports(), alert_for="5s")
     try:
         services.up()
         yield services

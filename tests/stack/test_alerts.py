@@ -101,7 +101,7 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
     other = build_alert_sensor(automation.retrain_job, rollback, cooldown_minutes=10, model_name="other")
     ignored = other(dg.build_sensor_context(instance=instance, cursor=json.dumps({"after": start_after}),
                                             resources={"monitoring": monitoring}))
-    assert not ignored.run_requests and f"about model {model}" in ignored.skip_message
+    assert not ignored.run_requests and f"about model {model}" in ignored.skip_reason.skip_message
     # nothing new since the cursor: nothing to do
     idle = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor,
                                           resources={"monitoring": monitoring}))

@@ -39,6 +39,7 @@ def kserve_headers(event_id: str, kind: str) -> dict:
     return {"ce-id": event_id, "ce-type": kind, "ce-source": "http://localhost:9081/",
             "ce-specversion": "1.0", "ce-time": datetime.now(timezone.utc).isoformat(),
             "ce-component": "predictor", "ce-inferenceservicename": "churn", "content-type": "application/json"}
+# every record these tests write is about the model `churn`; the stack demo's model reads none of them
 
 
 def window(settings, **kwargs):
@@ -83,6 +84,7 @@ def test_a_malformed_cloudevent_gets_400_naming_the_problem(stack, headers, body
 def test_structured_mode_events_are_accepted(stack, settings):
     rid = uuid.uuid4().hex
     event = {"specversion": "1.0", "id": rid, "source": "test", "type": "org.mlops.prediction.log",
+             "inferenceservicename": "churn",
              "data": [{"request_id": rid, "ts": datetime.now(timezone.utc).isoformat(), "entity_id": 7,
                        "features": {"customer_id": 7, "x": 1.5}, "score": 0.2, "prediction": 0,
                        "model_version": "1", "revision": "stable"}]}
@@ -96,7 +98,7 @@ def test_labels_posted_by_request_id_or_entity_and_time_join_the_log(stack, sett
     now = datetime.now(timezone.utc)
     ids = [uuid.uuid4().hex for _ in range(2)]
     entity = int(uuid.uuid4().int % 10**9)
-    client = SinkPredictionLog(stack.url("sink"), source="test")
+    client = SinkPredictionLog(stack.url("sink"), source="test", model="churn")
     client.append([{"request_id": ids[0], "ts": now.isoformat(), "entity_id": 1, "features": {"customer_id": 1},
                     "score": 0.9, "prediction": 1, "model_version": "1", "revision": "stable"},
                    {"request_id": ids[1], "ts": (now - timedelta(minutes=5)).isoformat(), "entity_id": entity,
@@ -132,7 +134,7 @@ def test_the_sink_restarted_under_load_loses_no_acknowledged_prediction(stack, s
         raise AssertionError((tmp_path / "sink.log").read_text())
 
     process = start()
-    client = SinkPredictionLog(f"http://127.0.0.1:{port}", source="load", batch=50)
+    client = SinkPredictionLog(f"http://127.0.0.1:{port}", source="load", model="churn", batch=50)
     run = uuid.uuid4().hex[:8]
     sent, stop = [], threading.Event()
 
@@ -171,3 +173,14 @@ def test_the_sink_restarted_under_load_loses_no_acknowledged_prediction(stack, s
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait()
+
+
+def test_each_model_reads_only_its_own_log(stack, settings):
+    rid = uuid.uuid4().hex
+    client = SinkPredictionLog(stack.url("sink"), source="test", model="another-model")
+    client.append([{"request_id": rid, "ts": datetime.now(timezone.utc).isoformat(), "entity_id": 3,
+                    "features": {"customer_id": 3}, "score": 0.4, "prediction": 0, "model_version": "1",
+                    "revision": "stable"}])
+    assert client.flush(30)
+    log, _ = window(settings, with_labels=False)  # settings.model_name == "churn"
+    assert rid not in set(log["request_id"])

@@ -30,7 +30,10 @@ def test_the_stack_demo_closes_the_loop(stack_demo):
     assert "labels delivered to http://127.0.0.1:" in result.stdout  # POST /labels on the sink
     won, lost = summary["after_drift"], summary["losing_candidate"]
     assert won["status"] == "SUCCESS" and won["promoted"] and won["serving_version"] == won["champion"]
-    assert won["tags"]["mlops/trigger"] in ("drift", "performance")
+    # the drift report's gauge also fires MLOpsDataDrift through Prometheus and Alertmanager:
+    # whichever of the three sensors acts first retrains, once
+    assert won["tags"]["mlops/trigger"] in ("drift", "performance", "alert:MLOpsDataDrift",
+                                            "alert:MLOpsModelAccuracyDrop", "alert:MLOpsModelAccuracyBelowFloor")
     assert lost["status"] == "FAILURE" and not lost["promoted"]
     assert lost["champion"] == won["champion"] == lost["serving_version"]
     # one retrain per injected drift: not one per sensor (drift, performance, alert) that saw it
@@ -46,7 +49,7 @@ def test_runs_were_launched_by_the_daemon_on_postgres_in_throwaway_directories(s
     instance = open_instance(settings)
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     run = instance.get_run_by_id(summary["after_drift"]["run_id"])
-    assert run.tags.get("dagster/sensor_name") in ("drift_sensor", "performance_sensor")
+    assert run.tags.get("dagster/sensor_name") in ("drift_sensor", "performance_sensor", "alert_sensor")
     assert "STEP_SUCCESS" in run_step_events(instance, run.run_id)["inference_service"]
     # every worker's directory is deleted when it ends: none left from a process that is gone
     leftovers = []
