@@ -24,6 +24,9 @@ from mlops_assets.atomic import atomic_path, atomic_write_text
 from mlops_assets.settings import Settings
 
 
+REPORT_URL_SECONDS = 7 * 24 * 3600
+
+
 class LocalMonitoring:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -123,7 +126,7 @@ class StackMonitoring(LocalMonitoring):
     def _put(self, key: str, body: bytes, content_type: str) -> str:
         self.objects.client.put_object(Bucket=self.settings.s3_bucket, Key=key, Body=body,
                                        ContentType=content_type)
-        return f"{self.settings.s3_endpoint_url.rstrip('/')}/{self.settings.s3_bucket}/{key}"
+        return f"s3://{self.settings.s3_bucket}/{key}"
 
     def write_partition(self, frame: pd.DataFrame, day: str, version: str) -> str:
         buffer = io.BytesIO()
@@ -135,10 +138,13 @@ class StackMonitoring(LocalMonitoring):
         return self.settings.scratch_dir / "reports" / name  # written here, then uploaded
 
     def publish_report(self, path: Path) -> str:
-        """Upload to ``s3://<bucket>/reports/...``; the URL opens in a browser (path-style, the S3
-        server's address)."""
+        """Upload to ``s3://<bucket>/reports/...``; returns a pre-signed URL (valid a week) that opens
+        in a browser without credentials."""
         relative = path.relative_to(self.settings.scratch_dir / "reports").as_posix()
-        return self._put(f"reports/{relative}", path.read_bytes(), "text/html")
+        self._put(f"reports/{relative}", path.read_bytes(), "text/html")
+        return self.objects.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.s3_bucket, "Key": f"reports/{relative}"},
+            ExpiresIn=REPORT_URL_SECONDS)
 
     def set_gauges(self, **values: float | int | None) -> str:
         """One Pushgateway group per gauge (``job=mlops-loop``, ``model_name``, ``gauge``), so each
