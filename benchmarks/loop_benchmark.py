@@ -25,21 +25,37 @@ STAGES = {"data + features": ("dataset", "feature_table", "feature_store", "trai
           "promotion": ("champion_model",), "rollout (canary, smoke, promote)": ("inference_service",)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=5_000)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mlops-loop-") as home:
-        settings = get_settings({"MLOPS_HOME": home})
-        command = [str(Path(sys.executable).with_name("mlops")), "demo", "--rows", str(args.rows), "--no-keep-serving"]
-        subprocess.run(command, cwd=ROOT, env=settings.env_for_subprocess(), check=True, capture_output=True)
-        summary = json.loads((Path(home) / "demo-summary.json").read_text())
-    won = summary["after_drift"]
-    steps = won["step_seconds"]
+def run_demo(rows: int, env: dict | None = None, home: str | None = None) -> dict:
+    """`mlops demo` in a fresh MLOPS_HOME (``env`` adds settings, e.g. the stack's); its summary.
+    With ``home`` the serving keeps running there (stop it with LocalServingBackend)."""
+    with tempfile.TemporaryDirectory(prefix="mlops-loop-") as scratch:
+        home = home or scratch
+        settings = get_settings({**(env or {}), "MLOPS_HOME": home})
+        command = [str(Path(sys.executable).with_name("mlops")), "demo", "--rows", str(rows),
+                   "--keep-serving" if home != scratch else "--no-keep-serving"]
+        subprocess.run(command, cwd=ROOT, env={**settings.env_for_subprocess(), **(env or {})}, check=True,
+                       capture_output=True)
+        return json.loads((Path(home) / "demo-summary.json").read_text())
+
+
+def stage_rows(summary: dict) -> tuple[dict, float]:
+    """Seconds per stage of the drift-triggered loop, and the whole loop."""
+    steps = summary["after_drift"]["step_seconds"]
     loop = summary["stage_seconds"]["6. drift sensor -> retrain -> gate -> canary rollout"]
     rows = {"detection (drift report)": summary["stage_seconds"]["5. drift report"]}
     rows.update({stage: round(sum(steps.get(step, 0.0) for step in names), 2) for stage, names in STAGES.items()})
     rows["sensor + run launch + imports"] = round(loop - sum(v for k, v in rows.items() if k != "detection (drift report)"), 2)
+    return rows, loop
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=5_000)
+    args = parser.parse_args()
+    summary = run_demo(args.rows)
+    won = summary["after_drift"]
+    steps = won["step_seconds"]
+    rows, loop = stage_rows(summary)
     print(f"{'stage':<36}{'seconds':>9}")
     for stage, seconds in rows.items():
         print(f"{stage:<36}{seconds:>9.1f}")

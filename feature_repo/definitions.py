@@ -22,6 +22,7 @@ customer_source = FileSource(
     name="customer_features_source",
     path=settings.feast_offline_path,
     timestamp_field=spec.timestamp,
+    s3_endpoint_override=settings.s3_endpoint_url or None,
 )
 
 

@@ -10,6 +10,7 @@ Every decision not to run is a ``SkipReason`` saying why, visible on the sensor'
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable, Mapping
 
 import dagster as dg
@@ -69,6 +70,16 @@ def performance_verdict(metadata: Mapping) -> Verdict:
                    {f"mlops/{k}": f"{v:.3f}" for k, v in drops.items()})
 
 
+def judged_until(event) -> float:
+    """When the traffic a report judged ends (its ``window_end``), else when it was written: a
+    retrain created after that already learns from that traffic, so it answers the report."""
+    end = _value(event.asset_materialization.metadata, "window_end")
+    try:
+        return min(event.timestamp, datetime.fromisoformat(str(end)).timestamp()) if end else event.timestamp
+    except ValueError:
+        return event.timestamp
+
+
 def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.AssetKey,
                              verdict: Callable[[Mapping], Verdict], trigger: str,
                              cooldown_minutes: float, run_config: Callable[[], dict] = dict) -> dg.SensorResult:
@@ -89,7 +100,7 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
                                cursor=json.dumps(cursor))
     # Retrains from any source (either sensor, the schedule, a person) share one cool-down.
     latest = _latest_retrain_run(context.instance)
-    if latest is not None and latest.create_timestamp.timestamp() >= event.timestamp:
+    if latest is not None and latest.create_timestamp.timestamp() >= judged_until(event):
         cursor["last_report_id"] = report_id
         return dg.SensorResult(skip_reason=(
             f"report {report_id}: {decision.reason}; retrain run {latest.dagster_run.run_id[:8]}, "
@@ -122,8 +133,9 @@ def retrain_run_config(settings: Settings) -> dict:
 
 
 def default_status(settings: Settings) -> dg.DefaultSensorStatus:
-    """The local profile runs the loop without anyone switching it on; elsewhere an operator does."""
-    return dg.DefaultSensorStatus.RUNNING if settings.profile == "local" else dg.DefaultSensorStatus.STOPPED
+    """On this machine (local and stack) the daemon runs the loop without anyone switching it on;
+    on a cluster an operator does."""
+    return dg.DefaultSensorStatus.RUNNING if settings.profile != "k8s" else dg.DefaultSensorStatus.STOPPED
 
 
 def build_drift_sensor(settings: Settings, threshold: float | None = None,

@@ -58,9 +58,9 @@ def _send(stages: Stages, settings, scenario: str, requests: int, seed: int):
     from mlops_assets.loop import deliver_labels, send_traffic
 
     traffic = send_traffic(settings, scenario, requests, seed=seed)
-    path = deliver_labels(settings, traffic.labels)
+    where = deliver_labels(settings, traffic.labels)
     stages.note(f"{traffic.sent} {scenario} requests, {traffic.failed} failed, p99 {traffic.p99_ms:.1f} ms; "
-                f"{len(traffic.labels)} labels dropped in {path.name}")
+                f"{len(traffic.labels)} labels delivered to {where}")
     if traffic.failed:
         stages.note("first errors: " + "; ".join(traffic.errors[:3]))
     return traffic

@@ -11,6 +11,7 @@ from mlops_assets.drift import assets as drift_assets
 from mlops_assets.features import assets as feature_assets
 from mlops_assets.features import online as online_features
 from mlops_assets.monitoring import assets as monitoring_assets
+from mlops_assets.monitoring.alerts import alert_sensors
 from mlops_assets.registry import assets as registry_assets
 from mlops_assets.resources import build_resources
 from mlops_assets.settings import Settings, get_settings
@@ -26,10 +27,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
         jobs=[*automation.jobs, *online_features.JOBS, rollback],
-        sensors=automation.sensors,
+        sensors=[*automation.sensors, *alert_sensors(settings)],
         schedules=[*automation.schedules, *online_features.SCHEDULES],
         resources=build_resources(settings),
-        executor=dg.in_process_executor if settings.profile == "local" else None,
+        # local and stack: one run worker process per run (in stack its throwaway directory dies with it)
+        executor=dg.in_process_executor if settings.profile != "k8s" else None,
     )
 
 

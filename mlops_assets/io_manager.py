@@ -57,15 +57,15 @@ def _filesystem_manager(base_dir: str):
     return RunScopedFilesystemIOManager(base_dir=base_dir)
 
 
-def _s3_manager(bucket: str, prefix: str, endpoint_url: str | None):
+def _s3_manager(bucket: str, prefix: str, endpoint_url: str | None, credentials: dict[str, str | None]):
     import boto3
     from dagster_aws.s3.io_manager import PickledObjectS3IOManager
 
     class RunScopedS3IOManager(RunScopedPaths, PickledObjectS3IOManager):
         pass
 
-    return RunScopedS3IOManager(s3_bucket=bucket, s3_prefix=prefix,
-                                s3_session=boto3.client("s3", endpoint_url=endpoint_url))
+    client = boto3.client("s3", endpoint_url=endpoint_url, **{k: v for k, v in credentials.items() if v})
+    return RunScopedS3IOManager(s3_bucket=bucket, s3_prefix=prefix, s3_session=client)
 
 
 class RunScopedIOManager(dg.ConfigurableIOManagerFactory):
@@ -75,10 +75,14 @@ class RunScopedIOManager(dg.ConfigurableIOManagerFactory):
     s3_bucket: str | None = None
     s3_prefix: str = "dagster-io"
     s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None  # else boto3's own chain (environment, instance role)
+    aws_secret_access_key: str | None = None
 
     def create_io_manager(self, context) -> Any:
         if self.s3_bucket:
-            return _s3_manager(self.s3_bucket, self.s3_prefix, self.s3_endpoint_url)
+            return _s3_manager(self.s3_bucket, self.s3_prefix, self.s3_endpoint_url,
+                               {"aws_access_key_id": self.aws_access_key_id,
+                                "aws_secret_access_key": self.aws_secret_access_key})
         if not self.base_dir:
             raise ValueError("RunScopedIOManager needs base_dir or s3_bucket")
         return _filesystem_manager(self.base_dir)

@@ -5,13 +5,11 @@ tests both use these, so the demo is what the tests prove.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +19,6 @@ from typing import Callable
 import dagster as dg
 import httpx
 
-from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
 # Everything but the monitoring assets, which need traffic first.
@@ -35,15 +32,27 @@ INSTANCE_DEFAULTS = {"telemetry": {"enabled": False},
                      "concurrency": {"pools": {"granularity": "op", "default_limit": 1}}}
 
 
+def instance_config(settings: Settings) -> tuple[dict, dict]:
+    """(defaults an existing dagster.yaml keeps its own values for, settings the profile requires):
+    runs, events and schedules in PostgreSQL when the profile has a server (stack), else SQLite files
+    in DAGSTER_HOME."""
+    required = {}
+    if settings.postgres_url:
+        url = settings.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1).rstrip("/")
+        required["storage"] = {"postgres": {"postgres_url": f"{url}/dagster"}}
+    return INSTANCE_DEFAULTS, required
+
+
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance in MLOPS_HOME, the one `dagster dev` and the daemon use; an existing
-    dagster.yaml keeps its settings and gains the defaults it lacks."""
+    """The persistent instance, the one `dagster dev` and the daemon use (config in DAGSTER_HOME); an
+    existing dagster.yaml keeps its settings, gains the defaults it lacks and the profile's storage."""
     import yaml
 
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     path = settings.dagster_home / "dagster.yaml"
     config = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-    merged = {**INSTANCE_DEFAULTS, **config}
+    defaults, required = instance_config(settings)
+    merged = {**defaults, **config, **required}
     if merged != config:
         atomic_write_text(path, yaml.safe_dump(merged, sort_keys=False))
     return dg.DagsterInstance.from_config(str(settings.dagster_home))
@@ -120,12 +129,12 @@ def send_traffic(settings: Settings, scenario: str, requests: int, seed: int, ra
     return traffic
 
 
-def deliver_labels(settings: Settings, labels: dict[str, int]) -> Path:
-    """The feedback path: a JSON Lines file dropped where monitoring reads labels."""
-    path = settings.serving_dir / "labels" / f"labels-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
-    atomic_write_text(path, "".join(json.dumps({"request_id": rid, "label": label}) + "\n"
-                                    for rid, label in labels.items()))
-    return path
+def deliver_labels(settings: Settings, labels: dict[str, int]) -> str:
+    """The feedback path, where the profile's monitoring reads labels: a JSON Lines file locally,
+    ``POST /labels`` to the sink in `stack`. Returns where they went."""
+    from mlops_assets.resources import monitoring
+
+    return monitoring(settings).deliver_labels(labels)
 
 
 def window_config(since: datetime) -> dict:

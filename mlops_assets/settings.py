@@ -6,13 +6,16 @@ profile switch (``MLOPS_PROFILE``) or a different state directory (``MLOPS_HOME`
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ("local", "k8s")
+PROFILES = ("local", "stack", "k8s")
 
 # Settings the k8s profile cannot run without; checked when the definitions load, not at first run.
 K8S_REQUIRED = {
@@ -28,11 +31,39 @@ GITOPS_REQUIRED = {
     "MLOPS_ARGOCD_APP": "the Argo CD Application that syncs MLOPS_GITOPS_PATH (gitops mode)",
 }
 
+# Settings the stack profile cannot run without (``python3 dev.py stack up`` writes them to
+# .mlops-stack/stack.env, which this module reads under the environment: the environment wins).
+STACK_REQUIRED = {
+    "MLOPS_S3_BUCKET": "bucket for DVC data, the IO manager, Feast offline, prediction log, reports",
+    "MLOPS_S3_ENDPOINT_URL": "the S3 server's URL",
+    "MLFLOW_TRACKING_URI": "MLflow tracking server URI (http://)",
+    "MLOPS_POSTGRES_URL": "PostgreSQL server URL (Dagster storage, Feast registry)",
+    "MLOPS_REDIS": "Redis host:port (Feast online store)",
+    "MLOPS_DATA_GIT_URL": "git remote of the DVC data repository",
+    "MLOPS_SINK_URL": "the prediction-log sink's URL",
+    "MLOPS_PUSHGATEWAY_URL": "Prometheus Pushgateway URL (loop gauges)",
+}
+STACK_ENV_FILE = PROJECT_ROOT / ".mlops-stack" / "stack.env"
+# Library settings (boto3, s3fs, MLflow read them from the environment) passed on from stack.env.
+LIBRARY_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
 # How the deploy step reaches the cluster (k8s profile): ``apply`` through the Kubernetes API, or
 # ``gitops``: write + commit the release for Argo CD.
 DEPLOY_MODES = ("apply", "gitops")
 IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+_SCRATCH: list[Path] = []
+
+
+def process_scratch() -> Path:
+    """A fresh temporary directory for this process, removed when the process ends. In the stack
+    profile every Dagster step runs in its own process, so no step reads another's local files."""
+    if not _SCRATCH or not _SCRATCH[0].exists():
+        _SCRATCH[:] = [Path(tempfile.mkdtemp(prefix=f"mlops-run-{os.getpid()}-"))]
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
 
 
 class SettingsError(ValueError):
@@ -77,9 +108,28 @@ class Settings:
     # --- local serving ---
     serving_replicas: int = 2  # predictor+transformer pairs per revision
     serving_hold_s: float = 30.0  # how long the ingress holds a request while a revision has no ready replica
+    # --- the stack profile's services ---
+    postgres_url: str | None = None
+    data_git_url: str | None = None
+    sink_url: str | None = None
+    pushgateway_url: str | None = None
+    service_timeout_s: float = 10.0  # a run fails this soon when a service is down
     extra: Mapping[str, str] = field(default_factory=dict)
 
-    # --- state directories (all inside MLOPS_HOME) ---------------------------------------------
+    @property
+    def stateless(self) -> bool:
+        """Runs keep nothing on local disk (``stack`` and ``k8s``): every state lives in a service."""
+        return self.profile != "local"
+
+    # --- state directories (inside MLOPS_HOME; in `stack`, run state in a throwaway directory) --
+    @property
+    def scratch_dir(self) -> Path:
+        return process_scratch()
+
+    @property
+    def _run_state(self) -> Path:
+        return self.scratch_dir if self.profile == "stack" else self.home
+
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
@@ -91,11 +141,11 @@ class Settings:
     @property
     def data_repo(self) -> Path:
         """Git + DVC workspace holding the dataset's .dvc files; each version is a commit and a tag."""
-        return self.home / "data"
+        return self._run_state / "data"
 
     @property
     def dvc_remote(self) -> str:
-        if self.profile == "k8s":
+        if self.stateless:
             return f"s3://{self.s3_bucket}/dvc"
         return str(self.home / "dvc-remote")
 
@@ -111,6 +161,8 @@ class Settings:
 
     @property
     def mlflow_artifact_root(self) -> str:
+        if self.profile == "stack":  # proxied by the tracking server: clients speak HTTP only
+            return "mlflow-artifacts:/"
         if self.profile == "k8s":
             return f"s3://{self.s3_bucket}/mlflow"
         return (self.mlflow_dir / "artifacts").as_uri()
@@ -121,12 +173,12 @@ class Settings:
 
     @property
     def feast_dir(self) -> Path:
-        return self.home / "feast"
+        return self._run_state / "feast"
 
     @property
     def feast_offline_path(self) -> str:
         """Parquet file the Feast FileSource reads (the `feature_table` asset writes it)."""
-        if self.profile == "k8s":
+        if self.stateless:
             return f"s3://{self.s3_bucket}/feast/churn_features.parquet"
         return str(self.feast_dir / "offline" / "churn_features.parquet")
 
@@ -140,11 +192,18 @@ class Settings:
 
     @property
     def reports_dir(self) -> Path:
-        return self.home / "reports"
+        return self._run_state / "reports"
 
     @property
     def io_manager_dir(self) -> Path:
-        return self.home / "io"
+        return self._run_state / "io"
+
+    @property
+    def feast_registry_url(self) -> str | None:
+        """SQLAlchemy URL of the Feast SQL registry (database ``feast`` on the PostgreSQL server)."""
+        if not self.postgres_url:
+            return None
+        return self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1).rstrip("/") + "/feast"
 
     def dataset_spec(self):
         """The demo churn spec, or the bring-your-own config named by MLOPS_DATASET_CONFIG."""
@@ -153,16 +212,18 @@ class Settings:
         return load_spec(self.dataset_config) if self.dataset_config else DEMO_SPEC
 
     def ensure_dirs(self) -> None:
-        for path in (self.dagster_home, self.logs_dir, self.mlflow_dir, self.feast_dir,
-                     self.serving_dir, self.reports_dir, self.io_manager_dir):
+        local_state = () if self.profile == "stack" else (self.mlflow_dir, self.feast_dir, self.reports_dir,
+                                                          self.io_manager_dir)
+        for path in (self.dagster_home, self.logs_dir, self.serving_dir, *local_state):
             path.mkdir(parents=True, exist_ok=True)
 
     def s3_client_env(self) -> dict[str, str]:
         """What libraries that read S3 settings from the environment need (MLflow's artifact store,
         boto3/s3fs through ``AWS_ENDPOINT_URL_S3``): the endpoint of an S3-compatible server, if set."""
-        if not self.s3_endpoint_url:
-            return {}
-        return {"MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint_url, "AWS_ENDPOINT_URL_S3": self.s3_endpoint_url}
+        env = {name: self.extra[name] for name in LIBRARY_ENV if self.extra.get(name)}
+        if self.s3_endpoint_url:
+            env.update({"MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint_url, "AWS_ENDPOINT_URL_S3": self.s3_endpoint_url})
+        return env
 
     def export_s3_env(self) -> None:
         """Make in-process readers of the environment (MLflow's S3 artifact repository) see
@@ -184,6 +245,9 @@ class Settings:
             env.pop("MLFLOW_TRACKING_URI", None)
         for name, value in self.s3_client_env().items():
             env.setdefault(name, value)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # set by importing Feast; gone once this process ends
+        if self.profile == "stack":
+            env.update({name: value for name, value in self.stack_env().items() if value})
         return env
 
     def serving_env(self) -> dict[str, str]:
@@ -205,7 +269,18 @@ class Settings:
         if self.mlflow_tracking_uri_override:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri_override
         env.update(self.s3_client_env())
+        if self.profile == "stack":
+            env.update({name: value for name, value in self.stack_env().items() if value})
         return env
+
+
+    def stack_env(self) -> dict[str, str]:
+        """The stack profile's settings as environment variables (what a child process needs)."""
+        return {"MLOPS_S3_BUCKET": self.s3_bucket or "", "MLOPS_S3_ENDPOINT_URL": self.s3_endpoint_url or "",
+                "MLOPS_POSTGRES_URL": self.postgres_url or "", "MLOPS_REDIS": self.redis_connection,
+                "MLOPS_DATA_GIT_URL": self.data_git_url or "", "MLOPS_SINK_URL": self.sink_url or "",
+                "MLOPS_PUSHGATEWAY_URL": self.pushgateway_url or "",
+                "MLOPS_SERVICE_TIMEOUT_S": str(self.service_timeout_s), **self.extra}
 
 
 SYSTEM_VARIABLES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
@@ -248,12 +323,37 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines (``#`` comments, blank lines ignored)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            values[name.strip()] = value.strip()
+    return values
+
+
+def _with_stack_file(env: Mapping[str, str]) -> Mapping[str, str]:
+    path = Path(env.get("MLOPS_STACK_ENV") or STACK_ENV_FILE)
+    if not path.exists():
+        if env.get("MLOPS_STACK_ENV"):
+            raise SettingsError(f"MLOPS_STACK_ENV={path} does not exist (python3 dev.py stack up writes it)")
+        return env
+    return {**read_env_file(path), **env}
+
+
 def get_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings from the environment (or the mapping given, for tests)."""
     env = os.environ if env is None else env
     profile = env.get("MLOPS_PROFILE", "local").strip() or "local"
     if profile not in PROFILES:
         raise SettingsError(f"MLOPS_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+    if profile == "stack":
+        env = _with_stack_file(env)
+        missing = [f"{name} ({why})" for name, why in STACK_REQUIRED.items() if not env.get(name)]
+        if missing:
+            raise SettingsError("the stack profile needs these settings (run `python3 dev.py stack up`): "
+                                + "; ".join(missing))
     deploy_mode = env.get("MLOPS_DEPLOY_MODE", "apply").strip() or "apply"
     if deploy_mode not in DEPLOY_MODES:
         raise SettingsError(f"MLOPS_DEPLOY_MODE={deploy_mode!r} is not one of {', '.join(DEPLOY_MODES)}")
@@ -294,4 +394,10 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         feature_ttl_days=_days(env, "MLOPS_FEATURE_TTL_DAYS", 730.0),
         serving_replicas=_count(env, "MLOPS_SERVING_REPLICAS", 2),
         serving_hold_s=_seconds(env, "MLOPS_SERVING_HOLD_S", 30.0),
+        postgres_url=env.get("MLOPS_POSTGRES_URL") or None,
+        data_git_url=env.get("MLOPS_DATA_GIT_URL") or None,
+        sink_url=(env.get("MLOPS_SINK_URL") or "").rstrip("/") or None,
+        pushgateway_url=(env.get("MLOPS_PUSHGATEWAY_URL") or "").rstrip("/") or None,
+        service_timeout_s=_seconds(env, "MLOPS_SERVICE_TIMEOUT_S", 10.0),
+        extra={name: env[name] for name in LIBRARY_ENV if env.get(name)},
     )

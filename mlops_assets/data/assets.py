@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from mlops_assets.monitoring.stores import LocalMonitoring
 from mlops_assets.settings import Settings
 
 from .feedback import labelled_feedback
@@ -38,12 +39,13 @@ def build_table(config: DatasetConfig, settings: Settings) -> tuple[pd.DataFrame
           description="The raw table, versioned with DVC; its data version is the DVC md5.")
 def dataset(context: dg.AssetExecutionContext, config: DatasetConfig,
             settings: dg.ResourceParam[Settings],
-            versioner: dg.ResourceParam[DataVersioner]) -> dg.Output[pd.DataFrame]:
+            versioner: dg.ResourceParam[DataVersioner],
+            monitoring: dg.ResourceParam[LocalMonitoring]) -> dg.Output[pd.DataFrame]:
     try:
         frame, origin = build_table(config, settings)
         feedback = {}
         if config.include_feedback:
-            extra, feedback = labelled_feedback(settings, settings.dataset_spec())
+            extra, feedback = labelled_feedback(monitoring, settings.dataset_spec())
             if len(extra):
                 frame = pd.concat([frame, extra], ignore_index=True)
                 origin += f" + {len(extra):,} labelled production rows"
@@ -57,7 +59,7 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig,
         data_version=dg.DataVersion(version.md5),
         metadata={
             "rows": len(frame), "columns": len(frame.columns), "md5": version.md5,
-            "remote": version.remote, "path": dg.MetadataValue.path(str(versioner.root / version.path)),
+            "remote": version.remote, "path": dg.MetadataValue.path(versioner.location(version)),
             "git_rev": version.rev, "dvc_tag": version.tag, "origin": origin,
             "label_rate": float(frame[settings.dataset_spec().target].mean()) if len(frame) else 0.0,
             "preview": dg.MetadataValue.md(frame.head(5).to_markdown(index=False)),

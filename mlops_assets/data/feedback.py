@@ -10,18 +10,16 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from mlops_assets.settings import Settings
-
 from .spec import DatasetSpec
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def labelled_feedback(settings: Settings, spec: DatasetSpec) -> tuple[pd.DataFrame, dict[str, int]]:
+def labelled_feedback(monitoring, spec: DatasetSpec) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rows shaped like the dataset from every labelled prediction with an entity id."""
     from mlops_assets.monitoring.prediction_log import LABEL_COLUMN, read_prediction_log
 
-    log, stats = read_prediction_log(settings, EPOCH, datetime.now(timezone.utc) + pd.Timedelta(hours=1))
+    log, stats = read_prediction_log(monitoring, EPOCH, datetime.now(timezone.utc) + pd.Timedelta(hours=1))
     usable = log[log[LABEL_COLUMN].notna() & log["entity_id"].notna()] if len(log) else log
     usable = usable.dropna(subset=[c for c in spec.features if c in usable.columns])
     counts = {"feedback_rows": len(log), "feedback_labelled": int(stats.get("labelled", 0)),

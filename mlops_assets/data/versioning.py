@@ -42,8 +42,17 @@ def version_tag(name: str, md5: str) -> str:
 class DataVersioner:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.root = settings.data_repo
+        self._root: Path | None = None
         self.remote = settings.dvc_remote
+
+    @property
+    def root(self) -> Path:
+        """The workspace (resolved on first use: in `stack` it is a throwaway directory)."""
+        return self._root or self.settings.data_repo
+
+    @root.setter
+    def root(self, path: Path) -> None:
+        self._root = path
 
     @property
     def lock_path(self) -> Path:
@@ -113,6 +122,10 @@ class DataVersioner:
             return True
         except Exception:  # an empty repository has no HEAD
             return False
+
+    def location(self, version: TableVersion) -> str:
+        """Where a user finds the version's file (a path here; a git URL and tag for a git remote)."""
+        return str(self.root / version.path)
 
     # --- read -------------------------------------------------------------------------------
     def read_table(self, name: str, rev: str | None = None, md5: str | None = None) -> pd.DataFrame:

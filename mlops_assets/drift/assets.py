@@ -9,7 +9,7 @@ import pandas as pd
 
 from mlops_assets.drift.compute import DriftSummary, detect_drift
 from mlops_assets.monitoring.assets import open_registry, prediction_log, window_bounds
-from mlops_assets.monitoring.loop_metrics import write_loop_gauges
+from mlops_assets.monitoring.stores import LocalMonitoring
 from mlops_assets.monitoring.prediction_log import feature_columns, read_prediction_log
 from mlops_assets.settings import Settings
 
@@ -45,8 +45,8 @@ def with_reference_scores(reference: pd.DataFrame, settings: Settings, features:
     return reference if scores is None else reference.assign(**{PREDICTION_COLUMN: scores})
 
 
-def report_path(settings: Settings, end: datetime) -> Path:
-    return settings.reports_dir / "drift" / f"drift-{end:%Y%m%dT%H%M%S}.html"
+def report_name(end: datetime) -> str:
+    return f"drift/drift-{end:%Y%m%dT%H%M%S}.html"
 
 
 def write_summary_html(summary: DriftSummary, path: Path) -> None:
@@ -60,7 +60,7 @@ def write_summary_html(summary: DriftSummary, path: Path) -> None:
 
 
 def drift_metadata(summary: DriftSummary, log_stats: dict, start: datetime, end: datetime,
-                   reference_rows: int, html: Path | None) -> dict:
+                   reference_rows: int, html: Path | None, url: str | None = None) -> dict:
     metadata = {"status": summary.status, "rows": summary.rows, "reference_rows": reference_rows,
                 "bad_lines": int(log_stats.get("bad_lines", 0)),
                 "window_start": start.isoformat(), "window_end": end.isoformat(),
@@ -75,35 +75,37 @@ def drift_metadata(summary: DriftSummary, log_stats: dict, start: datetime, end:
             "drifted_count": len(result.drifted_columns), "columns_compared": len(result.columns),
             "column_scores": dg.MetadataValue.json({n: asdict(c) for n, c in result.columns.items()}),
         })
-    if html is not None:
-        metadata["report"] = dg.MetadataValue.path(str(html))
-        metadata["report_url"] = dg.MetadataValue.url(html.as_uri())
+    if html is not None:  # a published report is linked by its URL (the local file is a run's scratch)
+        published = url is not None and not url.startswith("file:")
+        metadata["report"] = dg.MetadataValue.url(url) if published else dg.MetadataValue.path(str(html))
+        metadata["report_url"] = dg.MetadataValue.url(url or html.as_uri())
     return metadata
 
 
 @dg.asset(group_name="drift", ins={"training_set": dg.AssetIn()}, deps=[prediction_log],
           code_version="1")
 def drift_report(context: dg.AssetExecutionContext, config: DriftConfig,
-                 settings: dg.ResourceParam[Settings], training_set: pd.DataFrame
-                 ) -> dg.MaterializeResult:
+                 settings: dg.ResourceParam[Settings], monitoring: dg.ResourceParam[LocalMonitoring],
+                 training_set: pd.DataFrame) -> dg.MaterializeResult:
     """Evidently data drift (plus prediction drift) of recent traffic vs the training set."""
     start, end = window_bounds(config.window_hours, config.window_end)
-    traffic, log_stats = read_prediction_log(settings, start, end, with_labels=False)
+    traffic, log_stats = read_prediction_log(monitoring, start, end, with_labels=False)
     features = feature_columns(traffic)
     reference = training_set
     if config.score_reference and len(traffic) >= config.min_rows:
         reference = with_reference_scores(training_set, settings, features)
-    html = report_path(settings, end)
+    html = monitoring.report_path(report_name(end))
     summary = detect_drift(
         traffic, reference, [*features, PREDICTION_COLUMN], min_rows=config.min_rows,
         fast_path_min_rows=config.fast_path_min_rows, threshold=config.column_threshold,
         alpha=config.alpha, prediction_column=PREDICTION_COLUMN, html_path=html,
-        cache_dir=settings.home / "drift" / "profiles")
+        cache_dir=settings.reports_dir.parent / "drift" / "profiles")
     if summary.result is not None and summary.result.method == "fast":
         write_summary_html(summary, html)
     if summary.result is not None:
-        write_loop_gauges(settings, drift_share=summary.result.drift_share,
-                          drifted_columns=len(summary.result.drifted_columns))
+        monitoring.set_gauges(drift_share=summary.result.drift_share,
+                              drifted_columns=len(summary.result.drifted_columns))
     context.log.info("drift %s: %s", summary.status, "; ".join(summary.notes) or "no notes")
+    url = monitoring.publish_report(html) if html.exists() else None
     return dg.MaterializeResult(metadata=drift_metadata(
-        summary, log_stats, start, end, len(training_set), html if html.exists() else None))
+        summary, log_stats, start, end, len(training_set), html if html.exists() else None, url))

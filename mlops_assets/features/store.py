@@ -24,21 +24,28 @@ FEATURE_VIEW = "customer_features"
 
 def repo_config_dict(settings: Settings) -> dict:
     """feature_store.yaml for the profile, with ${MLOPS_FEAST_DIR} filled in from settings."""
-    name = "feature_store.yaml" if settings.profile == "local" else "feature_store.k8s.yaml"
+    name = {"local": "feature_store.yaml", "stack": "feature_store.stack.yaml"}.get(settings.profile,
+                                                                                  "feature_store.k8s.yaml")
     path = settings.feature_repo / name
-    if not path.exists():  # the k8s variant lives with the deployment files
+    if not path.exists():  # the k8s and stack variants live with the deployment files
         path = settings.feature_repo.parent / "deploy" / "feast" / name
-    values = {"MLOPS_FEAST_DIR": str(settings.feast_dir), "MLOPS_S3_BUCKET": settings.s3_bucket or "",
-              "MLOPS_REDIS": settings.redis_connection}
-    return yaml.safe_load(string.Template(path.read_text()).safe_substitute(values))
+    text = path.read_text()
+    values = {"MLOPS_S3_BUCKET": settings.s3_bucket or "", "MLOPS_REDIS": settings.redis_connection,
+              "MLOPS_FEAST_REGISTRY_URL": settings.feast_registry_url or ""}
+    if "${MLOPS_FEAST_DIR}" in text:  # only the local files need a folder (in stack none is made)
+        values["MLOPS_FEAST_DIR"] = str(settings.feast_dir)
+    return yaml.safe_load(string.Template(text).safe_substitute(values))
 
 
 def open_store(settings: Settings) -> "FeatureStore":
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    config = RepoConfig(**repo_config_dict(settings))
+    settings.export_s3_env()  # the S3 offline store reads its endpoint and credentials from the environment
+    values = repo_config_dict(settings)
+    if isinstance(values.get("registry"), str):  # a registry file (local profile): its folder must exist
+        settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(**values)
     config.repo_path = settings.feature_repo
     return FeatureStore(config=config)
 

@@ -8,13 +8,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets.atomic import atomic_path
-from mlops_assets.monitoring.loop_metrics import write_loop_gauges
 from mlops_assets.monitoring.prediction_log import (
     LABEL_COLUMN,
     frame_hash,
     read_prediction_log,
 )
+from mlops_assets.monitoring.stores import LocalMonitoring
 from mlops_assets.settings import Settings
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01")
@@ -35,30 +34,18 @@ def log_stats_metadata(stats: dict[str, int]) -> dict[str, int]:
 
 # --- prediction_log ----------------------------------------------------------------------------
 
-def partition_path(settings: Settings, day: str, version: str) -> Path:
-    return settings.home / "prediction_log" / f"date={day}" / f"{version}.parquet"
-
-
-def write_partition(frame: pd.DataFrame, path: Path) -> None:
-    """Write whole or not at all: a crash never leaves a truncated Parquet behind."""
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-
-
 @dg.asset(group_name="monitoring", partitions_def=DAILY, code_version="1")
 def prediction_log(context: dg.AssetExecutionContext,
-                   settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
+                   monitoring: dg.ResourceParam[LocalMonitoring]) -> dg.MaterializeResult:
     """One day of served predictions (features, score, model version) with the labels known so far."""
     day = context.partition_key
     start = pd.Timestamp(day, tz="UTC").to_pydatetime()
-    frame, stats = read_prediction_log(settings, start, start + timedelta(days=1))
+    frame, stats = read_prediction_log(monitoring, start, start + timedelta(days=1))
     version = frame_hash(frame)
-    path = partition_path(settings, day, version)
-    if not path.exists():  # same content, same file: re-materializing is a no-op on disk
-        write_partition(frame, path)
+    path = monitoring.write_partition(frame, day, version)  # whole or not at all, keyed by content
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
-        metadata={**log_stats_metadata(stats), "path": dg.MetadataValue.path(str(path)),
+        metadata={**log_stats_metadata(stats), "path": dg.MetadataValue.path(path),
                   "model_versions": dg.MetadataValue.json(
                       sorted(map(str, frame["model_version"].dropna().unique())))},
     )
@@ -191,10 +178,11 @@ def _numbers(values: dict) -> dict:
                                          description="accuracy and ROC AUC within the allowed "
                                                      "drop below the champion's holdout metrics")])
 def model_performance(context: dg.AssetExecutionContext, config: PerformanceConfig,
-                      settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
+                      settings: dg.ResourceParam[Settings],
+                      monitoring: dg.ResourceParam[LocalMonitoring]) -> dg.MaterializeResult:
     """Accuracy, ROC AUC, Brier score and calibration of the served model on labelled traffic."""
     start, end = window_bounds(config.window_hours, config.window_end)
-    log, stats = read_prediction_log(settings, start, end)
+    log, stats = read_prediction_log(monitoring, start, end)
     labelled = log[log[LABEL_COLUMN].notna()]
     enough = len(labelled) >= config.min_labels
     overall = classification_metrics(labelled, config.calibration_bins) if enough else {}
@@ -215,7 +203,7 @@ def model_performance(context: dg.AssetExecutionContext, config: PerformanceConf
         metadata["calibration"] = dg.MetadataValue.md(_markdown(reliability_table(
             labelled[LABEL_COLUMN].to_numpy(dtype=int), labelled["score"].to_numpy(dtype=float),
             config.calibration_bins)))
-        write_loop_gauges(settings, accuracy=overall["accuracy"], roc_auc=overall["roc_auc"])
+        monitoring.set_gauges(accuracy=overall["accuracy"], roc_auc=overall["roc_auc"])
     else:
         metadata["note"] = (f"{len(labelled)} labelled rows in the window, fewer than the "
                             f"{config.min_labels} needed to report performance")

@@ -11,6 +11,7 @@ import json
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
@@ -40,15 +41,26 @@ def feature_columns(log: pd.DataFrame) -> list[str]:
     return [c for c in log.columns if c not in META_COLUMNS and c != LABEL_COLUMN]
 
 
-def read_prediction_log(settings: Settings, start: datetime, end: datetime,
+def _store(source):
+    """A monitoring store (resources.py picks it by profile); plain settings mean the local files."""
+    if isinstance(source, Settings):
+        from mlops_assets.monitoring.stores import LocalMonitoring
+
+        return LocalMonitoring(source)
+    return source
+
+
+def read_prediction_log(source, start: datetime, end: datetime,
                         with_labels: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rows with ``start <= ts < end`` (UTC), features flattened to columns, labels joined.
 
-    Returns the frame and stats: ``rows``, ``bad_lines``, ``unknown_label_ids``, ``labelled``,
-    ``bad_label_lines``, ``files``.
+    ``source`` is the ``monitoring`` resource (or settings, for the local files). Returns the frame
+    and stats: ``rows``, ``bad_lines``, ``unknown_label_ids``, ``labelled``, ``bad_label_lines``,
+    ``files``.
     """
+    store = _store(source)
     start, end = _as_utc(start), _as_utc(end)
-    in_window, outside = _split_log_files(settings.prediction_log_dir, start, end)
+    in_window, outside = store.log_chunks(start, end)
     records, bad_lines = _parse_records(in_window)
     log = _to_frame(records)
     parsed_ids = set(log["request_id"])
@@ -56,7 +68,7 @@ def read_prediction_log(settings: Settings, start: datetime, end: datetime,
     stats = {"rows": len(log), "bad_lines": bad_lines, "files": len(in_window),
              "labelled": 0, "unknown_label_ids": 0, "bad_label_lines": 0}
     if with_labels:
-        log, label_stats = _join_labels(log, settings, parsed_ids, outside)
+        log, label_stats = _join_labels(log, store, parsed_ids, outside)
         stats.update(label_stats)
     return log, stats
 
@@ -66,8 +78,8 @@ def _as_utc(moment: datetime) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def _split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
-                     ) -> tuple[list[Path], list[Path]]:
+def split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
+                    ) -> tuple[list[Path], list[Path]]:
     """Log files that may hold rows of the window, and all the other log files."""
     inside, outside = [], []
     for path, hour in log_files(log_dir):  # the writer's own naming and order
@@ -76,18 +88,17 @@ def _split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
     return inside, outside
 
 
-def _parse_records(paths: list[Path]) -> tuple[list[dict], int]:
+def _parse_records(chunks: list[Iterable[str]]) -> tuple[list[dict], int]:
     records, bad = [], 0
-    for path in paths:
-        with path.open("r", encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                if not line.strip():
-                    continue
-                record = _parse_line(line)
-                if record is None:
-                    bad += 1
-                else:
-                    records.append(record)
+    for lines in chunks:
+        for line in lines:
+            if not line.strip():
+                continue
+            record = _parse_line(line)
+            if record is None:
+                bad += 1
+            else:
+                records.append(record)
     return records, bad
 
 
@@ -116,30 +127,46 @@ def _to_frame(records: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def read_labels(settings: Settings) -> tuple[dict[str, int], int]:
-    """All dropped labels as {request_id: label} (the last one wins), and the bad-line count."""
-    labels, bad = {}, 0
-    folder = labels_dir(settings)
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if (not isinstance(obj, dict) or not isinstance(obj.get("request_id"), str)
-                    or obj.get("label") not in (0, 1) or isinstance(obj.get("label"), bool)):
-                bad += 1
-                continue
+def read_labels(source) -> tuple[dict[str, int], int, list[tuple[int, pd.Timestamp, int]]]:
+    """Delivered labels as {request_id: label} (the last one wins), the bad-line count, and the
+    labels given by entity and time as (entity_id, ts, label)."""
+    labels, bad, by_entity = {}, 0, []
+    for line in _store(source).label_lines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if not isinstance(obj, dict) or obj.get("label") not in (0, 1) or isinstance(obj.get("label"), bool):
+            bad += 1
+        elif isinstance(obj.get("request_id"), str):
             labels[obj["request_id"]] = int(obj["label"])
-    return labels, bad
+        elif isinstance(obj.get("entity_id"), int) and isinstance(obj.get("ts"), str):
+            by_entity.append((obj["entity_id"], _as_utc(pd.Timestamp(obj["ts"])), int(obj["label"])))
+        else:
+            bad += 1
+    return labels, bad, by_entity
 
 
-def _join_labels(log: pd.DataFrame, settings: Settings, parsed_ids: set[str],
-                 other_files: list[Path]) -> tuple[pd.DataFrame, dict[str, int]]:
-    labels, bad = read_labels(settings)
+def _entity_time_labels(log: pd.DataFrame, by_entity: list) -> dict[str, int]:
+    """Each (entity, ts) label goes to that entity's latest logged prediction at or before ts."""
+    if not by_entity or log.empty:
+        return {}
+    rows = log[["request_id", "entity_id", "ts"]].dropna().sort_values("ts")
+    found = {}
+    for entity, ts, label in by_entity:
+        match = rows[(rows["entity_id"] == entity) & (rows["ts"] <= ts)]
+        if len(match):
+            found[match["request_id"].iloc[-1]] = label
+    return found
+
+
+def _join_labels(log: pd.DataFrame, store, parsed_ids: set[str],
+                 other_files: list[Iterable[str]]) -> tuple[pd.DataFrame, dict[str, int]]:
+    labels, bad, by_entity = read_labels(store)
+    labels = {**_entity_time_labels(log, by_entity), **labels}
     log = log.assign(**{LABEL_COLUMN: log["request_id"].map(labels).astype("Float64")})
     unmatched = set(labels) - parsed_ids
     # Labels for requests outside the window are not "unknown": look their ids up cheaply.
@@ -148,8 +175,9 @@ def _join_labels(log: pd.DataFrame, settings: Settings, parsed_ids: set[str],
                  "unknown_label_ids": len(unknown), "bad_label_lines": bad}
 
 
-def _request_ids_in(paths: list[Path], wanted: set[str]) -> set[str]:
+def _request_ids_in(chunks: list[Iterable[str]], wanted: set[str]) -> set[str]:
     found: set[str] = set()
-    for path in paths:
-        found.update(i for i in _REQUEST_ID.findall(path.read_text(errors="replace")) if i in wanted)
+    for lines in chunks:
+        for line in lines:
+            found.update(i for i in _REQUEST_ID.findall(line) if i in wanted)
     return found

@@ -106,7 +106,10 @@ class ModelRegistry:
             self.client.get_registered_model(self.name)
         except MlflowException:
             self.client.create_registered_model(self.name, description="churn classifier, promoted by alias")
-        version = self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags)
+        # a tracking server checks a `models:/<model id>` source against the model id it names
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        version = self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags,
+                                                   model_id=model_id)
         try:
             self._wait_ready(version.version)
             self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)

@@ -289,7 +289,7 @@ def _create_model(args, settings, metrics: ServerMetrics):
     from kserve import context
     from kserve.predictor_config import PredictorConfig
 
-    from mlops_assets.serving.prediction_log import PredictionLog
+    from mlops_assets.monitoring.sink_client import open_prediction_log  # file, or the stack's sink
     from mlops_assets.serving.transformer import ChurnTransformer
 
     if not args.predictor_host:
@@ -298,4 +298,4 @@ def _create_model(args, settings, metrics: ServerMetrics):
         predictor_host=args.predictor_host, predictor_protocol="v1",
         predictor_request_timeout_seconds=args.predictor_timeout))
     return ChurnTransformer(args.model_name, settings, args.revision,
-                            PredictionLog(settings.prediction_log_dir, args.prediction_log_max_bytes), metrics)
+                            open_prediction_log(settings, args.prediction_log_max_bytes, args.revision), metrics)

@@ -11,6 +11,7 @@ from mlops_assets.drift.assets import drift_report
 from mlops_assets.monitoring import assets as monitoring_assets
 from mlops_assets.monitoring.assets import model_performance, prediction_log
 from mlops_assets.monitoring.loop_metrics import read_loop_gauges
+from mlops_assets.monitoring.stores import LocalMonitoring
 
 from .traffic import WINDOW_END, log_records, write_labels, write_log
 
@@ -19,7 +20,7 @@ END = WINDOW_END.isoformat()
 
 def _materialize(assets, settings, config: dict | None = None, **kwargs):
     run_config = {"ops": config} if config else None
-    return dg.materialize_to_memory(assets, resources={"settings": settings},
+    return dg.materialize_to_memory(assets, resources={"settings": settings, "monitoring": LocalMonitoring(settings)},
                                     run_config=run_config, **kwargs)
 
 
