@@ -239,6 +239,10 @@ class Settings:
         # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI into this process's environment;
         # the child must resolve *these* settings' store, not whichever one this process touched last.
         env.pop("MLFLOW_REGISTRY_URI", None)
+        # Importing Feast points these at a temporary directory of this process (removed when it
+        # exits); a child that inherits them writes its metrics there and fails once it is gone.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.pop("PROMETHEUS_MULTIPROCESS_DIR", None)
         if self.mlflow_tracking_uri_override:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri_override
         else:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from mlops_assets.serving.controller import state_pids
+from mlops_assets.serving.revision import state_pids
 from mlops_assets.serving.server import DEFAULT_MAX_REQUEST_BYTES
 from mlops_assets.settings import Settings, get_settings
 
@@ -193,7 +193,7 @@ def _free_or_new_port(preferred: int | None) -> int:
     """Keep the endpoint stable across restarts when the old port is still free."""
     import socket
 
-    from mlops_assets.serving.controller import free_port
+    from mlops_assets.serving.revision import free_port
 
     if preferred:
         with socket.socket() as sock:

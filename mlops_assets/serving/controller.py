@@ -23,17 +23,15 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
 from mlops_assets.atomic import atomic_write_text
-from mlops_assets.serving.metrics import ingress_series
+from mlops_assets.serving.revision import Child, Replica, Revision, Router, free_port, scrape_targets
 from mlops_assets.serving.validation import ServingError
 from mlops_assets.settings import Settings
 
@@ -51,12 +49,6 @@ class ControllerError(ServingError):
     status = 409
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_json_atomically(path: Path, content) -> None:
     atomic_write_text(path, json.dumps(content, indent=2))
 
@@ -64,104 +56,6 @@ def write_json_atomically(path: Path, content) -> None:
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the ingress dies, so nothing is orphaned."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """One supervised server process; restarted on the same port when it dies unasked."""
-
-    role: str
-    port: int
-    argv: list[str]
-    log_path: Path
-    process: asyncio.subprocess.Process | None = None
-    stopping: bool = False
-    up: bool = False  # running and was ready after its (re)start: the supervisor's view
-    probe_ok: bool = True  # the latest readiness probes passed
-    crashes: list[float] = field(default_factory=list)
-    restart_to_ready_s: list[float] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ready(self) -> bool:
-        return self.up and self.probe_ok
-
-    def describe(self) -> dict:
-        return {"port": self.port, "pid": self.process.pid if self.process else None, "url": self.url,
-                "ready": self.ready, "restarts": len(self.crashes),
-                "restart_to_ready_s": [round(s, 3) for s in self.restart_to_ready_s]}
-
-
-@dataclass
-class Replica:
-    """A predictor and the transformer in front of it; ready only when both are."""
-
-    index: int
-    predictor: Child
-    transformer: Child
-
-    @property
-    def ready(self) -> bool:
-        return self.predictor.ready and self.transformer.ready
-
-    @property
-    def children(self) -> tuple[Child, Child]:
-        return self.predictor, self.transformer
-
-
-@dataclass
-class Revision:
-    """The replicas serving one model version; ``name`` is its traffic slot (stable or canary)."""
-
-    name: str
-    model_version: str | None
-    replicas: list[Replica]
-    started_at: str
-    inflight: int = 0
-    _turn: int = 0
-
-    @property
-    def children(self) -> list[Child]:
-        return [child for replica in self.replicas for child in replica.children]
-
-    def ready_replicas(self) -> list[Replica]:
-        """Ready replicas, rotated round robin: the first is this request's, the others its retries."""
-        self._turn += 1
-        n = len(self.replicas)
-        ordered = [self.replicas[(self._turn + i) % n] for i in range(n)]
-        return [replica for replica in ordered if replica.ready]
-
-
-class Router:
-    """Weighted round robin between stable and canary, like KServe's ``canaryTrafficPercent``."""
-
-    def __init__(self):
-        self.stable: Revision | None = None
-        self.canary: Revision | None = None
-        self.canary_percent = 0
-        self._credit = 0
-
-    def set(self, stable: Revision | None, canary: Revision | None, percent: int) -> None:
-        self.stable, self.canary = stable, canary
-        self.canary_percent = percent if canary is not None else 0
-        if stable is not None and stable.name != "stable":
-            stable.name = "stable"
-        ingress_series()[1].set(self.canary_percent)
-
-    def route(self) -> Revision | None:
-        stable, canary = self.stable, self.canary
-        if canary is None or self.canary_percent <= 0:
-            return stable or canary
-        if stable is None or self.canary_percent >= 100:
-            return canary
-        self._credit += self.canary_percent
-        if self._credit >= 100:
-            self._credit -= 100
-            return canary
-        return stable
 
 
 class Controller:
@@ -410,34 +304,6 @@ class Controller:
         write_json_atomically(self.settings.serving_dir / "state.json", state)
         write_json_atomically(self.settings.serving_dir / "prometheus_targets.json",
                               scrape_targets(state) if running else [])
-
-
-def scrape_targets(state: dict) -> list[dict]:
-    """Prometheus file-SD groups: the ingress and every replica's predictor and transformer."""
-    model = state["model_name"]
-    groups = [{"targets": [f"127.0.0.1:{state['ingress']['port']}"],
-               "labels": {"role": "ingress", "model_name": model}}]
-    for name, revision in state["revisions"].items():
-        if revision is None:
-            continue
-        for index, replica in enumerate(revision.get("replicas") or [revision]):
-            for role in ("predictor", "transformer"):
-                groups.append({"targets": [f"127.0.0.1:{replica[role]['port']}"],
-                               "labels": {"revision": name, "role": role, "model_name": model,
-                                          "replica": str(index),
-                                          "model_version": str(revision["model_version"])}})
-    return groups
-
-
-def state_pids(state: dict) -> list[int]:
-    """Every serving process a state file names (all replicas)."""
-    pids = []
-    for revision in (state.get("revisions") or {}).values():
-        if not revision:
-            continue
-        for replica in revision.get("replicas") or [revision]:
-            pids += [replica[role]["pid"] for role in ("predictor", "transformer") if replica[role].get("pid")]
-    return pids
 
 
 async def _terminate(child: Child, grace: float = 15.0) -> None:

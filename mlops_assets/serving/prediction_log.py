@@ -13,7 +13,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 import orjson
 
@@ -21,7 +21,18 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 LOG_FILE = re.compile(r"^predictions-(\d{10})(?:-(\d+))?\.jsonl$")
 
 
+class PredictionSink(Protocol):
+    """Where the transformer writes its prediction records (one call per request). Local files
+    here; another destination (e.g. an HTTP payload-logger sink) only has to offer these two."""
+
+    def append(self, records: Iterable[Mapping]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class PredictionLog:
+    """The local files destination of :class:`PredictionSink`."""
+
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.directory = Path(directory)
         self.max_bytes = max_bytes

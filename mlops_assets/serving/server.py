@@ -100,6 +100,7 @@ class RequestGuard:
             await send(message)
 
         try:
+            check_content_type(scope)
             body = await read_body(scope, receive, self.max_request_bytes)
             check_binary_header(scope, body)
         except ServingError as exc:
@@ -193,6 +194,21 @@ def strict_dataplane(base):
                 raise InvalidInput(f"malformed inference request: {type(exc).__name__}: {exc}"[:300]) from None
 
     return StrictDataPlane
+
+
+V1_CONTENT_TYPES = {"", "application/json", "application/x-www-form-urlencoded"}
+V2_CONTENT_TYPES = {"", "application/json", "application/octet-stream"}
+
+
+def check_content_type(scope: dict) -> None:
+    """V1 bodies are JSON (also unlabelled, or labelled as curl's default form); V2 bodies are JSON or
+    the binary tensor extension. KServe would read e.g. an octet-stream V1 body as JSON anyway."""
+    raw = header(scope, b"content-type") or b""
+    media = raw.split(b";")[0].strip().lower().decode("latin-1")
+    allowed = V1_CONTENT_TYPES if scope["path"].startswith("/v1/") else V2_CONTENT_TYPES
+    if media not in allowed and not media.endswith("+json"):
+        raise ServingError(f"request body must be JSON sent as 'Content-Type: application/json', "
+                           f"got content type '{media}'", status=415)
 
 
 def check_binary_header(scope: dict, body: bytes) -> None:

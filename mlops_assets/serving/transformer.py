@@ -21,7 +21,7 @@ from kserve.protocol.infer_type import InferRequest
 
 from mlops_assets.features.store import FeatureStoreClient
 from mlops_assets.serving.metrics import ServerMetrics
-from mlops_assets.serving.prediction_log import PredictionLog
+from mlops_assets.serving.prediction_log import PredictionSink
 from mlops_assets.serving.server import REVISION_HEADER, request_revision
 from mlops_assets.serving.validation import (
     FeatureSchema,
@@ -55,7 +55,7 @@ _pending: contextvars.ContextVar[PendingRequest] = contextvars.ContextVar("pendi
 
 
 class ChurnTransformer(Model):
-    def __init__(self, name: str, settings: Settings, revision: str, prediction_log: PredictionLog,
+    def __init__(self, name: str, settings: Settings, revision: str, prediction_log: PredictionSink,
                  metrics: ServerMetrics, max_instances: int = 1000):
         super().__init__(name)
         self.settings = settings

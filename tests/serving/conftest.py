@@ -125,8 +125,8 @@ def launch_from_short_lived_process(world: ServingWorld) -> dict:
     import subprocess
     import sys
 
-    env = {**world.settings.env_for_subprocess(), "PROMETHEUS_MULTIPROC_DIR": ""}
-    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    env = world.settings.env_for_subprocess()  # without Feast's directory of this process: its own one
+    assert not {"PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"} & set(env)
     done = subprocess.run([sys.executable, "-c", LAUNCHER, world.versions["stable"], world.versions["canary"]],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -134,7 +134,8 @@ HOLD_CHECK = """
 import asyncio, sys
 from pathlib import Path
 import httpx
-from mlops_assets.serving.controller import Child, Controller, Replica, Revision
+from mlops_assets.serving.controller import Controller
+from mlops_assets.serving.revision import Child, Replica, Revision
 from mlops_assets.serving.ingress import IngressApp
 from mlops_assets.settings import get_settings
 

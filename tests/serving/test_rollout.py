@@ -77,7 +77,7 @@ def test_killed_canary_predictor_is_restarted_without_failing_requests(world, de
     victim = state["revisions"]["canary"]["predictor"]
     with Load(deployment.predict_url()) as load:
         os.kill(victim["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a restart loads the model and warms the explainer
         while time.monotonic() < deadline:
             canary = backend.status()["revisions"]["canary"]
             if canary is None or (canary["predictor"]["pid"] != victim["pid"] and _ready(canary["predictor"]["url"])):
