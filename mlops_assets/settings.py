@@ -306,17 +306,10 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _positive(env: Mapping[str, str], name: str, default: float, unit: str = "seconds") -> float:
     value = _number(env, name, default)
     if not value > 0:
-        raise SettingsError(f"{name}={env.get(name)!r} must be a number of seconds greater than 0")
-    return value
-
-
-def _days(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _number(env, name, default)
-    if not value > 0:
-        raise SettingsError(f"{name}={env.get(name)!r} must be a number of days greater than 0")
+        raise SettingsError(f"{name}={env.get(name)!r} must be a number of {unit} greater than 0")
     return value
 
 
@@ -394,14 +387,14 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         gitops_remote=env.get("MLOPS_GITOPS_REMOTE") or None,
         argocd_app=env.get("MLOPS_ARGOCD_APP") or None,
         argocd_namespace=env.get("MLOPS_ARGOCD_NAMESPACE") or "argocd",
-        ready_timeout_s=_seconds(env, "MLOPS_READY_TIMEOUT_S", 600.0),
-        feature_ttl_days=_days(env, "MLOPS_FEATURE_TTL_DAYS", 730.0),
+        ready_timeout_s=_positive(env, "MLOPS_READY_TIMEOUT_S", 600.0),
+        feature_ttl_days=_positive(env, "MLOPS_FEATURE_TTL_DAYS", 730.0, "days"),
         serving_replicas=_count(env, "MLOPS_SERVING_REPLICAS", 2),
-        serving_hold_s=_seconds(env, "MLOPS_SERVING_HOLD_S", 30.0),
+        serving_hold_s=_positive(env, "MLOPS_SERVING_HOLD_S", 30.0),
         postgres_url=env.get("MLOPS_POSTGRES_URL") or None,
         data_git_url=env.get("MLOPS_DATA_GIT_URL") or None,
         sink_url=(env.get("MLOPS_SINK_URL") or "").rstrip("/") or None,
         pushgateway_url=(env.get("MLOPS_PUSHGATEWAY_URL") or "").rstrip("/") or None,
-        service_timeout_s=_seconds(env, "MLOPS_SERVICE_TIMEOUT_S", 10.0),
+        service_timeout_s=_positive(env, "MLOPS_SERVICE_TIMEOUT_S", 10.0),
         extra={name: env[name] for name in LIBRARY_ENV if env.get(name)},
     )
