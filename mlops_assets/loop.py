@@ -19,6 +19,7 @@ from typing import Callable
 import dagster as dg
 import httpx
 
+from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
 # Everything but the monitoring assets, which need traffic first.

@@ -9,20 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-from mlops_assets.serving.prediction_log import log_files
+from mlops_assets.monitoring.stores import LocalMonitoring
 from mlops_assets.settings import Settings
 
 META_COLUMNS = ["request_id", "ts", "entity_id", "score", "prediction", "model_version", "revision"]
 LABEL_COLUMN = "label"
 _REQUEST_ID = re.compile(r'"request_id"\s*:\s*"([^"\\]*)"')
 # A writer may stamp a request a moment before rotating; read one hour either side of the window.
-_FILE_SLACK = timedelta(hours=1)
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
@@ -44,8 +43,6 @@ def feature_columns(log: pd.DataFrame) -> list[str]:
 def _store(source):
     """A monitoring store (resources.py picks it by profile); plain settings mean the local files."""
     if isinstance(source, Settings):
-        from mlops_assets.monitoring.stores import LocalMonitoring
-
         return LocalMonitoring(source)
     return source
 
@@ -76,16 +73,6 @@ def read_prediction_log(source, start: datetime, end: datetime,
 def _as_utc(moment: datetime) -> pd.Timestamp:
     stamp = pd.Timestamp(moment)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-def split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
-                    ) -> tuple[list[Path], list[Path]]:
-    """Log files that may hold rows of the window, and all the other log files."""
-    inside, outside = [], []
-    for path, hour in log_files(log_dir):  # the writer's own naming and order
-        near = start.floor("h") - _FILE_SLACK <= hour < end + _FILE_SLACK
-        (inside if near else outside).append(path)
-    return inside, outside
 
 
 def _parse_records(chunks: list[Iterable[str]]) -> tuple[list[dict], int]:

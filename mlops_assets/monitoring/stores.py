@@ -14,17 +14,32 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import pandas as pd
 
 from mlops_assets.atomic import atomic_path, atomic_write_text
+from mlops_assets.serving.prediction_log import log_files
 from mlops_assets.settings import Settings
 
 
 REPORT_URL_SECONDS = 7 * 24 * 3600
+
+
+_FILE_SLACK = timedelta(hours=1)
+
+
+def split_log_files(log_dir: Path, start: pd.Timestamp, end: pd.Timestamp
+                    ) -> tuple[list[Path], list[Path]]:
+    """Log files that may hold rows of the window, and all the other log files."""
+    inside, outside = [], []
+    for path, hour in log_files(log_dir):  # the writer's own naming and order
+        near = start.floor("h") - _FILE_SLACK <= hour < end + _FILE_SLACK
+        (inside if near else outside).append(path)
+    return inside, outside
+
 
 
 class LocalMonitoring:
@@ -34,8 +49,6 @@ class LocalMonitoring:
     # --- the log -----------------------------------------------------------------------------
     def log_chunks(self, start: datetime, end: datetime) -> tuple[list[Iterable[str]], list[Iterable[str]]]:
         """(line sources that may hold the window's records, all other line sources)."""
-        from mlops_assets.monitoring.prediction_log import split_log_files
-
         inside, outside = split_log_files(self.settings.prediction_log_dir, start, end)
         return [_file_lines(p) for p in inside], [_file_lines(p) for p in outside]
 

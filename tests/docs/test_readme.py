@@ -31,12 +31,16 @@ NOT_RUN = {
     "MLOPS_DATASET_CONFIG=$PWD/my_dataset.yaml .venv/bin/dagster dev": "a long-running UI server (the next line "
                                                                        "checks the same config)",
     ".venv/bin/python benchmarks/loop_benchmark.py": "the whole closed loop; tests/loop runs it",
+    "python3 dev.py stack": "the stack profile's services: tests/stack starts the same services itself",
+    "MLOPS_PROFILE=stack python3 dev.py demo": "the stack demo: tests/stack/test_stack_loop.py runs it",
+    ".venv/bin/python benchmarks/stack_benchmark.py": "both closed loops, local and stack; tests/stack runs the stack loop",
 }
 
 # The sizes a reader shrinks to try a command quickly.
 SMALLER = [
     (r"--requests 500 --rate 50", "--requests 40 --rate 20"),
     (r"--sizes [0-9,]+", "--sizes 2000"),
+    (r"(benchmarks/gate_benchmark\.py)", r"\1 --retrains 2 --rows 1500 --resamples 100"),
     (r"(benchmarks/serving_benchmark\.py)", r"\1 --requests 200 --seconds 2 --replicas 1 --home $MLOPS_HOME"),
 ]
 
@@ -127,6 +131,7 @@ def test_every_readme_shell_line_runs_on_the_local_profile(served, tmp_path):
     documented = {line for _, line in lines}
     assert documented == set(ran) | {line for line in documented if any(line.startswith(p) for p in NOT_RUN)}
     assert any("curl" in line for line in ran) and any("mlops stop" in line for line in ran)
+    assert any("gate_benchmark" in line for line in ran)
     assert any("serving_benchmark" in line for line in ran) and any("my_dataset.yaml" in line for line in ran)
 
 

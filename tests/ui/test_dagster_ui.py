@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 GROUPS = {
     "data": {"dataset"},
-    "features": {"feature_table", "feature_store"},
+    "features": {"feature_table", "feature_store", "online_features"},
     "training": {"training_set", "holdout_set", "candidate_model", "model_explanations"},
     "registry": {"champion_model"},
     "deployment": {"inference_service", "batch_predictions"},
@@ -34,6 +34,7 @@ ALL_ASSETS = sorted(set().union(*GROUPS.values()))
 LINEAGE = {
     "feature_table": {"dataset"},
     "feature_store": {"feature_table"},
+    "online_features": {"feature_store"},
     "training_set": {"dataset", "feature_store"},
     "holdout_set": {"dataset", "feature_store"},
     "candidate_model": {"training_set", "holdout_set"},
