@@ -153,8 +153,10 @@ class StackMonitoring(LocalMonitoring):
     def publish_report(self, path: Path) -> str:
         """Upload to ``s3://<bucket>/reports/...``; returns a pre-signed URL (valid a week) that opens
         in a browser without credentials."""
+        import mimetypes
+
         relative = path.relative_to(self.settings.scratch_dir / "reports").as_posix()
-        self._put(f"reports/{relative}", path.read_bytes(), "text/html")
+        self._put(f"reports/{relative}", path.read_bytes(), mimetypes.guess_type(path.name)[0] or "text/html")
         return self.objects.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.settings.s3_bucket, "Key": f"reports/{relative}"},
             ExpiresIn=REPORT_URL_SECONDS)

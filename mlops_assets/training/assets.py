@@ -10,6 +10,7 @@ import pandas as pd
 
 from mlops_assets.data.versioning import DataVersioner, DataVersionError
 from mlops_assets.features.store import FeatureStoreClient
+from mlops_assets.monitoring.stores import LocalMonitoring
 from mlops_assets.registry.client import CHAMPION, ModelRegistry, RegistryError
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
@@ -261,7 +262,8 @@ def meets_floor(context: dg.AssetCheckExecutionContext, registry: dg.ResourcePar
 @dg.asset(group_name="training", code_version="1",
           description="SHAP summary of the candidate on a bounded sample: plot, top features, logged to MLflow.")
 def model_explanations(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings],
-                       registry: dg.ResourceParam[ModelRegistry], candidate_model: dict,
+                       registry: dg.ResourceParam[ModelRegistry], monitoring: dg.ResourceParam[LocalMonitoring],
+                       candidate_model: dict,
                        training_set: pd.DataFrame) -> dg.MaterializeResult:
     from .explain import SAMPLE_ROWS, explain, markdown_image, summary_plot_png
 
@@ -271,15 +273,16 @@ def model_explanations(context: dg.AssetExecutionContext, settings: dg.ResourceP
     background = features.sample(min(100, len(features)), random_state=1)
     explanation = explain(registry.load_model(candidate_model["version"]), sample, background)
     png = summary_plot_png(explanation)
-    out_dir = settings.reports_dir / "explanations"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{registry.name}-v{candidate_model['version']}-shap.png"
+    path = monitoring.report_path(f"explanations/{registry.name}-v{candidate_model['version']}-shap.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
     registry.client.log_artifact(candidate_model["run_id"], str(path), artifact_path="explain")
+    url = monitoring.publish_report(path)  # a file URL locally; in `stack` an S3 URL that opens anywhere
     top = explanation.mean_abs().head(10)
     context.log.info("top features: " + ", ".join(f"{k} {v:.3f}" for k, v in top.items()))
     return dg.MaterializeResult(metadata={
-        "explainer": explanation.kind, "rows_explained": len(sample), "plot": dg.MetadataValue.path(str(path)),
+        "explainer": explanation.kind, "rows_explained": len(sample),
+        "plot": dg.MetadataValue.url(url) if not url.startswith("file:") else dg.MetadataValue.path(str(path)),
         "summary": dg.MetadataValue.md(markdown_image(png, "SHAP summary")),
         "top_features": dg.MetadataValue.json({k: round(float(v), 5) for k, v in top.items()}),
         "model_version": candidate_model["version"],
