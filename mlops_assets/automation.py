@@ -172,6 +172,10 @@ class Automation:
     sensors: list = field(default_factory=list)
     schedules: list = field(default_factory=list)
 
+    @property
+    def retrain_job(self):
+        return next(job for job in self.jobs if job.name == RETRAIN_JOB)
+
 
 def build_automation(settings: Settings) -> Automation:
     """Every job, sensor and schedule for ``settings`` (in ``k8s`` also the deploy job and its sensor)."""

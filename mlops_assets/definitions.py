@@ -27,7 +27,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(LAYERS),
         asset_checks=dg.load_asset_checks_from_modules(LAYERS),
         jobs=[*automation.jobs, *online_features.JOBS, rollback],
-        sensors=[*automation.sensors, *alert_sensors(settings)],
+        sensors=[*automation.sensors, *alert_sensors(settings, automation.retrain_job, rollback)],
         schedules=[*automation.schedules, *online_features.SCHEDULES],
         resources=build_resources(settings),
         # local and stack: one run worker process per run (in stack its throwaway directory dies with it)

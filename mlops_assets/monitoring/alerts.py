@@ -66,10 +66,12 @@ def _answered_by(latest, instance: dg.DagsterInstance, name: str) -> str | None:
     return None
 
 
-def build_alert_sensor(retrain_job, rollback_job, cooldown_minutes: float,
+def build_alert_sensor(retrain_job, rollback_job, settings, cooldown_minutes: float | None = None,
                        model_name: str | None = None) -> dg.SensorDefinition:
+    cooldown_minutes = settings.retrain_cooldown_minutes if cooldown_minutes is None else cooldown_minutes
+
     @dg.sensor(name="alert_sensor", jobs=[retrain_job, rollback_job],
-               default_status=automation.default_status(),
+               default_status=automation.default_status(settings),
                minimum_interval_seconds=ALERT_SENSOR_INTERVAL_SECONDS,
                description="Act on Alertmanager's alerts: retrain on drift/decay, roll back a failing canary.")
     def alert_sensor(context: dg.SensorEvaluationContext,
@@ -105,7 +107,7 @@ def build_alert_sensor(retrain_job, rollback_job, cooldown_minutes: float,
                 cursor["last_trigger_time"] = time.time()
                 requests.append(dg.RunRequest(run_key=_run_key(alert), job_name=retrain_job.name,
                                               tags=_tags(alert, f"alert:{name}"),
-                                              run_config=automation.retrain_run_config()))
+                                              run_config=automation.retrain_run_config(settings)))
             else:
                 skipped.append(f"{name}: no action for this alert")
         if not requests:
@@ -116,11 +118,8 @@ def build_alert_sensor(retrain_job, rollback_job, cooldown_minutes: float,
     return alert_sensor
 
 
-def alert_sensors(settings) -> list[dg.SensorDefinition]:
+def alert_sensors(settings, retrain_job, rollback_job) -> list[dg.SensorDefinition]:
     """The alert sensor where alerts arrive through the sink (stack); none otherwise."""
     if not settings.sink_url:
         return []
-    from mlops_assets.registry.assets import rollback
-
-    return [build_alert_sensor(automation.retrain_job, rollback, settings.retrain_cooldown_minutes,
-                               settings.model_name)]
+    return [build_alert_sensor(retrain_job, rollback_job, settings, model_name=settings.model_name)]

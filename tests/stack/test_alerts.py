@@ -18,7 +18,7 @@ from prometheus_client.exposition import MetricsHandler
 from mlops_assets import automation
 from mlops_assets.monitoring.alerts import alert_sensors, build_alert_sensor
 from mlops_assets.monitoring.stores import StackMonitoring
-from mlops_assets.registry.assets import rollback
+from mlops_assets.deployment.rollback import rollback
 from tests.stack.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,8 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
     (stack.root / "serving-targets.json").write_text("[]")
     assert {"MLOpsDataDrift", "MLOpsCanaryErrors"} <= names, names
 
-    sensor = build_alert_sensor(automation.retrain_job, rollback, cooldown_minutes=10, model_name=model)
+    retrain_job = automation.build_automation(settings).retrain_job
+    sensor = build_alert_sensor(retrain_job, rollback, settings, cooldown_minutes=10, model_name=model)
     instance = dg.DagsterInstance.ephemeral()
     context = dg.build_sensor_context(instance=instance, cursor=json.dumps({"after": start_after}),
                                       resources={"monitoring": monitoring})
@@ -98,7 +99,7 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
                                                               "last_trigger_time": time.time()})))
     assert [r.job_name for r in again.run_requests] == ["rollback"]
     # alerts about another model are not this code location's to act on
-    other = build_alert_sensor(automation.retrain_job, rollback, cooldown_minutes=10, model_name="other")
+    other = build_alert_sensor(retrain_job, rollback, settings, cooldown_minutes=10, model_name="other")
     ignored = other(dg.build_sensor_context(instance=instance, cursor=json.dumps({"after": start_after}),
                                             resources={"monitoring": monitoring}))
     assert not ignored.run_requests and f"about model {model}" in ignored.skip_reason.skip_message
@@ -111,5 +112,7 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
 def test_the_alert_sensor_exists_only_where_alerts_arrive_through_the_sink(stack, tmp_path):
     from mlops_assets.settings import get_settings
 
-    assert [s.name for s in alert_sensors(stack_settings(stack, tmp_path))] == ["alert_sensor"]
-    assert alert_sensors(get_settings({"MLOPS_HOME": str(tmp_path)})) == []
+    settings = stack_settings(stack, tmp_path)
+    retrain_job = automation.build_automation(settings).retrain_job
+    assert [s.name for s in alert_sensors(settings, retrain_job, rollback)] == ["alert_sensor"]
+    assert alert_sensors(get_settings({"MLOPS_HOME": str(tmp_path)}), retrain_job, rollback) == []
