@@ -16,7 +16,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 
 from mlops_assets.serving.prediction_log import DEFAULT_MAX_BYTES  # noqa: E402
-from mlops_assets.serving.server import DEFAULT_MAX_REQUEST_BYTES, REVISIONS  # noqa: E402
+from mlops_assets.serving.routing import REVISIONS  # noqa: E402
+from mlops_assets.serving.server import DEFAULT_MAX_REQUEST_BYTES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

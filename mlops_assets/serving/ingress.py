@@ -28,8 +28,8 @@ import orjson
 
 from mlops_assets.serving.controller import Controller, ControllerError, Revision
 from mlops_assets.serving.metrics import exposition, ingress_series
+from mlops_assets.serving.routing import REVISION_HEADER
 from mlops_assets.serving.server import (
-    REVISION_HEADER,
     ServingError,
     check_binary_header,
     read_body,

@@ -20,7 +20,7 @@ from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlops_assets.serving.metrics import ServerMetrics
-from mlops_assets.serving.server import request_revision
+from mlops_assets.serving.routing import request_revision
 from mlops_assets.serving.validation import (
     INTEGER,
     STRING,

@@ -16,23 +16,16 @@ from typing import Awaitable, Callable
 import orjson
 
 from mlops_assets.serving.metrics import ServerMetrics, exposition
+from mlops_assets.serving.routing import REVISION_HEADER, REVISIONS
 from mlops_assets.serving.validation import ServingError
 
 log = logging.getLogger("mlops.serving")
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 INFERENCE_PREFIXES = ("/v1/models/", "/v2/models/")
-REVISION_HEADER = "x-mlops-revision"
-REVISIONS = ("stable", "canary")
 BINARY_LENGTH_HEADER = b"inference-header-content-length"
 
 Send = Callable[[dict], Awaitable[None]]
-
-
-def request_revision(headers: dict | None, default: str) -> str:
-    """The ingress names the revision a request was routed to; direct calls use the process flag."""
-    value = (headers or {}).get(REVISION_HEADER)
-    return value if value in REVISIONS else default
 
 
 def header(scope: dict, name: bytes) -> bytes | None:

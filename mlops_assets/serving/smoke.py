@@ -15,7 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_assets.serving.backend_local import LocalServingBackend
-from mlops_assets.serving.server import REVISION_HEADER
+from mlops_assets.serving.routing import REVISION_HEADER
 from mlops_assets.settings import Settings, get_settings
 
 

@@ -22,7 +22,7 @@ from kserve.protocol.infer_type import InferRequest
 from mlops_assets.features.store import FeatureStoreClient
 from mlops_assets.serving.metrics import ServerMetrics
 from mlops_assets.serving.prediction_log import PredictionSink
-from mlops_assets.serving.server import REVISION_HEADER, request_revision
+from mlops_assets.serving.routing import REVISION_HEADER, request_revision
 from mlops_assets.serving.validation import (
     FeatureSchema,
     InvalidRequest,
