@@ -62,7 +62,14 @@ def _s3_manager(bucket: str, prefix: str, endpoint_url: str | None, credentials:
     from dagster_aws.s3.io_manager import PickledObjectS3IOManager
 
     class RunScopedS3IOManager(RunScopedPaths, PickledObjectS3IOManager):
-        pass
+        def __init__(self, s3_bucket: str, s3_session, s3_prefix: str):
+            # Dagster's own __init__ lists the bucket, so an unreachable S3 failed resource set-up with
+            # a bare connection error; the first read or write reports it instead (and in `stack` the
+            # settings resource's start check names the service first).
+            from upath import UPath
+
+            self.bucket, self.s3 = s3_bucket, s3_session
+            dg.UPathIOManager.__init__(self, base_path=UPath(s3_prefix) if s3_prefix else None)
 
     client = boto3.client("s3", endpoint_url=endpoint_url, **{k: v for k, v in credentials.items() if v})
     return RunScopedS3IOManager(s3_bucket=bucket, s3_prefix=prefix, s3_session=client)
