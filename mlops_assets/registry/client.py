@@ -95,7 +95,13 @@ class ModelRegistry:
         if existing is not None:
             return existing.experiment_id
         location = f"{self.settings.mlflow_artifact_root.rstrip('/')}/{EXPERIMENT}"
-        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        try:
+            return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        except Exception:  # an overlapping run created it first
+            existing = self.client.get_experiment_by_name(EXPERIMENT)
+            if existing is None:
+                raise
+            return existing.experiment_id
 
     # --- versions and aliases -----------------------------------------------------------------
     def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
@@ -105,7 +111,10 @@ class ModelRegistry:
         try:
             self.client.get_registered_model(self.name)
         except MlflowException:
-            self.client.create_registered_model(self.name, description="churn classifier, promoted by alias")
+            try:
+                self.client.create_registered_model(self.name, description="churn classifier, promoted by alias")
+            except Exception:  # an overlapping run created it first (the stores raise driver-specific errors)
+                self.client.get_registered_model(self.name)  # raises if it really does not exist
         # a tracking server checks a `models:/<model id>` source against the model id it names
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         version = self.client.create_model_version(self.name, model_uri, run_id=run_id, tags=tags,
