@@ -23,7 +23,6 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 
 from mlops_assets.serving.controller import Controller, ControllerError, Revision
@@ -35,13 +34,14 @@ from mlops_assets.serving.server import (
     read_body,
     send_json,
 )
+from mlops_assets.serving.upstream import Upstream, UpstreamError, UpstreamResponse
 from mlops_assets.settings import get_settings
 
 log = logging.getLogger("mlops.serving.ingress")
 
 HOP_HEADERS = {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
                b"te", b"upgrade", b"proxy-connection", REVISION_HEADER.encode()}
-DROPPED_RESPONSE_HEADERS = {"content-length", "connection", "keep-alive", "transfer-encoding", "date", "server"}
+DROPPED_RESPONSE_HEADERS = {b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"}
 HOLD_RECHECK_S = 0.25
 
 __all__ = ["IngressApp", "ControllerError", "run_ingress"]
@@ -54,6 +54,9 @@ class IngressApp:
         self.controller = controller
         self.loop_metrics_path = loop_metrics_path
         self._counters: dict[tuple[str, int], object] = {}
+        # The proxy hop's pool (aiohttp: a third of httpx's CPU per request, see serving/upstream.py);
+        # the controller keeps its httpx client for readiness probes.
+        self.upstream = Upstream(timeout_s=60.0, connect_timeout_s=2.0)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -99,6 +102,7 @@ class IngressApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.controller.stop_all()  # children stop before the process exits
+                await self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -110,22 +114,21 @@ class IngressApp:
             raise ServingError("no revision is serving", status=503)
         url_path = scope["raw_path"].decode("latin-1") + (
             ("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
-        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_HEADERS]
-        headers.append((REVISION_HEADER.encode(), revision.name.encode()))
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP_HEADERS]
+        headers.append((REVISION_HEADER, revision.name))
         revision.inflight += 1
         try:
             response = await self._send_to_ready_replica(revision, scope["method"], url_path, headers, body)
         finally:
             revision.inflight -= 1
-        self._count(revision.name, response.status_code)
-        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-                       if k not in DROPPED_RESPONSE_HEADERS]
-        out_headers.append((b"content-length", str(len(response.content)).encode()))
-        await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
-        await send({"type": "http.response.body", "body": response.content})
+        self._count(revision.name, response.status)
+        out_headers = [(k, v) for k, v in response.raw_headers if k.lower() not in DROPPED_RESPONSE_HEADERS]
+        out_headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def _send_to_ready_replica(self, revision: Revision, method: str, url_path: str, headers: list,
-                                     body: bytes) -> httpx.Response:
+                                     body: bytes) -> UpstreamResponse:
         """Try the revision's ready replicas in turn; hold while none is ready, up to the hold time."""
         deadline = time.monotonic() + self.controller.hold_s
         failed: set[int] = set()
@@ -134,14 +137,14 @@ class IngressApp:
             candidates = [r for r in revision.ready_replicas() if id(r) not in failed]
             for replica in candidates:
                 try:
-                    response = await self.controller.client.request(
-                        method, replica.transformer.url + url_path, content=body, headers=headers)
-                except httpx.TransportError as exc:
-                    last_problem = f"replica {replica.index}: {type(exc).__name__}"
+                    response = await self.upstream.request(method, replica.transformer.url + url_path, body,
+                                                           headers)
+                except UpstreamError as exc:
+                    last_problem = f"replica {replica.index}: {exc.kind}"
                     failed.add(id(replica))
                     continue
-                if response.status_code == 503:
-                    last_problem = f"replica {replica.index}: {_error_text(response)}"
+                if response.status == 503:
+                    last_problem = f"replica {replica.index}: {response.error_text()}"
                     failed.add(id(replica))
                     continue
                 return response
@@ -214,10 +217,3 @@ def run_ingress(args) -> None:
                             timeout_graceful_shutdown=20)
     log.info("ingress for %s on http://%s:%d", args.model_name, args.host, args.http_port)
     uvicorn.Server(config).run()
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error"))[:300]
-    except (ValueError, AttributeError):
-        return response.text[:300]

@@ -307,4 +307,5 @@ def _create_model(args, settings, metrics: ServerMetrics):
         predictor_host=args.predictor_host, predictor_protocol="v1",
         predictor_request_timeout_seconds=args.predictor_timeout))
     return ChurnTransformer(args.model_name, settings, args.revision,
-                            open_prediction_log(settings, args.prediction_log_max_bytes, args.revision), metrics)
+                            open_prediction_log(settings, args.prediction_log_max_bytes, args.revision), metrics,
+                            predictor_timeout_s=args.predictor_timeout)
