@@ -70,6 +70,15 @@ class FeatureStoreClient:
         self.settings = settings
         self._store = None
         self._lock = threading.Lock()
+        self._spec = None
+
+    @property
+    def spec(self):
+        """The dataset spec, read once: with a bring-your-own config, ``Settings.dataset_spec`` parses a
+        YAML file, which every online lookup of the serving hot path used to do."""
+        if self._spec is None:
+            self._spec = self.settings.dataset_spec()
+        return self._spec
 
     @property
     def store(self) -> "FeatureStore":
@@ -107,7 +116,7 @@ class FeatureStoreClient:
 
     def online_response(self, entity_ids: Sequence[int], features: Iterable[str] | None = None):
         """Feast's OnlineResponse: values, statuses and event timestamps per requested id."""
-        spec = self.settings.dataset_spec()
+        spec = self.spec
         refs = list(features) if features is not None else self.store.get_feature_service(
             self.settings.feature_service)
         rows = [{spec.entity: int(entity_id)} for entity_id in entity_ids]

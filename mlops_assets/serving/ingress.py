@@ -205,7 +205,7 @@ def run_ingress(args) -> None:
     import uvicorn
 
     from mlops_assets.serving.protocol import GuardedHttpToolsProtocol
-    from mlops_assets.serving.server import configure_logging
+    from mlops_assets.serving.server import configure_logging, freeze_startup_heap
 
     configure_logging()
     settings = get_settings()
@@ -216,4 +216,5 @@ def run_ingress(args) -> None:
                             loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="on", timeout_keep_alive=65,
                             timeout_graceful_shutdown=20)
     log.info("ingress for %s on http://%s:%d", args.model_name, args.host, args.http_port)
+    freeze_startup_heap()
     uvicorn.Server(config).run()

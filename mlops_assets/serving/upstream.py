@@ -2,10 +2,11 @@
 transformer and transformer -> predictor.
 
 aiohttp rather than httpx (which KServe's ``InferenceRESTClient`` and the rest of the project use):
-measured on this 2-core machine, a keep-alive POST costs the calling process about 0.9-1.0 ms of CPU
-with httpx and 0.25-0.3 ms with aiohttp, and the server behind about 0.1 ms less, since aiohttp sends
-the request in one write (``benchmarks/results/serving-cpu.json``). Both hops of the entity path pay it
-on every request. Imported only by serving processes.
+measured on this 2-core machine (``benchmarks/hop_benchmark.py``, results in
+``benchmarks/results/hops.json``), a keep-alive POST of one row costs the calling process 0.84-0.89 ms
+of CPU with httpx and 0.21 ms with aiohttp, and the server answering it 0.37-0.42 ms against 0.26 ms
+(httpx sends the headers and the body in two writes, so the server wakes twice). Both hops of the
+entity path pay this on every request. Imported only by serving processes.
 """
 
 from __future__ import annotations
