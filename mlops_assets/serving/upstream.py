@@ -3,9 +3,9 @@ transformer and transformer -> predictor.
 
 aiohttp rather than httpx (which KServe's ``InferenceRESTClient`` and the rest of the project use):
 measured on this 2-core machine (``benchmarks/hop_benchmark.py``, results in
-``benchmarks/results/hops.json``), a keep-alive POST of one row costs the calling process 0.84-0.89 ms
-of CPU with httpx and 0.21 ms with aiohttp, and the server answering it 0.37-0.42 ms against 0.26 ms
-(httpx sends the headers and the body in two writes, so the server wakes twice). Both hops of the
+``benchmarks/results/hops.json``, two runs), a keep-alive POST of one row costs the calling process
+0.84-1.02 ms of CPU with httpx and 0.21-0.24 ms with aiohttp, and the server answering it 0.37-0.48 ms
+against 0.26-0.30 ms (httpx sends the headers and the body in two writes, so the server wakes twice). Both hops of the
 entity path pay this on every request. Imported only by serving processes.
 """
 
