@@ -4,6 +4,8 @@ scoring with the same feature definitions (`batch_predictions`)."""
 from typing import Any
 
 import dagster as dg
+
+from mlops_assets.naming import sibling_key
 import pandas as pd
 
 from mlops_assets.data.versioning import DataVersioner
@@ -25,7 +27,7 @@ def serving_metadata(result: dict) -> dict:
 
 def record_serving(context, result: dict, reason: str) -> None:
     """An `inference_service` materialization for a rollout made outside the asset (the rollback job)."""
-    context.log_event(dg.AssetMaterialization(asset_key="inference_service", description=reason,
+    context.log_event(dg.AssetMaterialization(asset_key=sibling_key(context, "inference_service"), description=reason,
                                               metadata={**serving_metadata(result), "reason": reason}))
 
 
@@ -49,7 +51,7 @@ def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
             record_champion(context, registry, restored[0].to_version, f"canary of v{version} failed; rolled back")
         champion = restored[0].to_version if restored else registry.version_of(CHAMPION)
         context.log_event(dg.AssetObservation(
-            asset_key="inference_service",
+            asset_key=sibling_key(context, "inference_service"),
             description=f"canary of v{version} rolled back: the stable revision keeps serving",
             metadata={"failed_version": version, "champion": champion or "none", "canary_percent": 0}))
         raise dg.Failure(description=f"rollout of v{version} rolled back: {failed}",

@@ -67,7 +67,7 @@ class LocalMonitoring:
 
     # --- outputs -----------------------------------------------------------------------------
     def write_partition(self, frame: pd.DataFrame, day: str, version: str) -> str:
-        path = self.settings.home / "prediction_log" / f"date={day}" / f"{version}.parquet"
+        path = self.settings.model_home / "prediction_log" / f"date={day}" / f"{version}.parquet"
         if not path.exists():  # same content, same file: re-materializing is a no-op on disk
             with atomic_path(path) as tmp:
                 frame.to_parquet(tmp, index=False)

@@ -207,7 +207,7 @@ def run_ingress(args) -> None:
     configure_logging()
     settings = get_settings()
     controller = Controller(settings, args.model_name, args.http_port, args.max_request_bytes)
-    app = IngressApp(controller, settings.home / "metrics" / "loop.prom")
+    app = IngressApp(controller, settings.model_home / "metrics" / "loop.prom")
     controller.write_state()
     config = uvicorn.Config(app, host=args.host, port=args.http_port, log_config=None, access_log=False,
                             loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="on", timeout_keep_alive=65,
