@@ -22,7 +22,7 @@ GITOPS_REQUIRED = {
 }
 
 # Settings the stack profile cannot run without (``python3 dev.py stack up`` writes them to
-# .mlops-stack/stack.env, which this module reads under the environment: the environment wins).
+# .mlops-stack/stack.env, which mlops_assets.settings reads under the environment: the environment wins).
 STACK_REQUIRED = {
     "MLOPS_S3_BUCKET": "bucket for DVC data, the IO manager, Feast offline, prediction log, reports",
     "MLOPS_S3_ENDPOINT_URL": "the S3 server's URL",
@@ -37,6 +37,9 @@ STACK_REQUIRED = {
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it."""
+
+
+SettingsError.__module__ = "mlops_assets.settings"  # its public home, as tracebacks show it
 
 
 def number(env: Mapping[str, str], name: str, default: float) -> float:
