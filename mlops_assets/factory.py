@@ -19,7 +19,7 @@ from mlops_assets.features import assets as feature_assets
 from mlops_assets.features import online as online_features
 from mlops_assets.monitoring import assets as monitoring_assets
 from mlops_assets.monitoring.alerts import alert_sensors
-from mlops_assets.naming import MODEL_TAG
+from mlops_assets.naming import MODEL_TAG, job_name
 from mlops_assets.registry import assets as registry_assets
 from mlops_assets.settings import Settings
 from mlops_assets.training import assets as training_assets
@@ -30,7 +30,7 @@ LAYERS = (data_assets, feature_assets, online_features, training_assets, registr
 
 def _for_model(model: str):
     def rename(spec: dg.AssetSpec) -> dg.AssetSpec:
-        return spec.replace_attributes(group_name=f"{model}_{spec.group_name}").merge_attributes(
+        return spec.replace_attributes(group_name=job_name(model, spec.group_name)).merge_attributes(
             tags={MODEL_TAG: model})
     return rename
 

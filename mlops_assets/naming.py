@@ -8,6 +8,7 @@ Each model in the catalog gets its own copy of the asset graph with its name as 
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import dagster as dg
@@ -28,8 +29,9 @@ def model_keys(model: str, assets: Iterable[str]) -> list[dg.AssetKey]:
 
 
 def job_name(model: str, base: str) -> str:
-    """``churn_retrain_job``: jobs, sensors and schedules are unique per model in one code location."""
-    return f"{model}_{base}"
+    """``churn_retrain_job``: jobs, sensors, schedules and groups are unique per model in one code
+    location (Dagster names take letters, digits and ``_``: a ``-`` in a model name becomes ``_``)."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', model)}_{base}"
 
 
 def sibling_key(context, asset: str) -> dg.AssetKey:
