@@ -246,6 +246,8 @@ class Settings:
         env = dict(os.environ)
         env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
                     "DAGSTER_HOME": str(self.dagster_home)})
+        if self.models_dir:
+            env["MLOPS_MODELS_DIR"] = str(self.models_dir)
         # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI into this process's environment;
         # the child must resolve *these* settings' store, not whichever one this process touched last.
         env.pop("MLFLOW_REGISTRY_URI", None)

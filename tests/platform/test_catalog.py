@@ -182,3 +182,23 @@ def test_the_code_location_loads_with_a_bad_spec_through_dagster(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "model spec skipped" in output and "gate.level: 2 is outside (0, 1]" in output
+
+
+def test_the_fast_linear_scorer_handles_a_numeric_only_model():
+    """Found by the tumor model: a pipeline whose categorical branch has no columns (never fitted)
+    still compiles to the numpy scorer, and it agrees with scikit-learn."""
+    import numpy as np
+
+    from mlops_assets.serving.predictor import compile_linear_scorer
+    from mlops_assets.serving.validation import FeatureSchema
+    from mlops_assets.training.model import build_pipeline
+
+    spec = read_spec(EXAMPLES / "tumor.yaml").dataset
+    from mlops_assets.data.load import read_source
+
+    frame = read_source(spec)
+    pipeline = build_pipeline(spec, "logistic_regression", {}, seed=7).fit(frame[spec.features], frame[spec.target])
+    scorer = compile_linear_scorer(pipeline, FeatureSchema.from_spec(spec))
+    assert scorer is not None
+    columns = {name: frame[name].tolist() for name in spec.features}
+    np.testing.assert_allclose(scorer(columns), pipeline.predict_proba(frame[spec.features])[:, 1], rtol=1e-9)
