@@ -202,3 +202,18 @@ def test_the_fast_linear_scorer_handles_a_numeric_only_model():
     assert scorer is not None
     columns = {name: frame[name].tolist() for name in spec.features}
     np.testing.assert_allclose(scorer(columns), pipeline.predict_proba(frame[spec.features])[:, 1], rtol=1e-9)
+
+
+def test_in_k8s_each_model_has_its_deploy_job_and_its_own_inference_service(tmp_path):
+    from mlops_assets.deployment.manifests import render_inference_service
+    from tests.k8s_profile.conftest import SERVING_IMAGE, k8s_env
+
+    settings = get_settings({**k8s_env(tmp_path), "MLOPS_MODELS_DIR": str(EXAMPLES)})
+    defs = build_definitions(settings)
+    for model in settings.catalog().models:
+        job = defs.resolve_job_def(f"{model.name}_deploy_job")
+        assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {f"{model.name}/inference_service"}
+        manifest = render_inference_service(settings.for_model(model), f"models:/{model.name}/1", 1, SERVING_IMAGE)
+        assert manifest["metadata"]["name"] == model.name
+    sensors = {s.name: s for s in defs.sensors}
+    assert {"churn_deploy_new_champion", "tumor_deploy_new_champion"} <= set(sensors)
