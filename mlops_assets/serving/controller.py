@@ -103,7 +103,8 @@ class Controller:
                 new = await self._start_revision("canary", model_version)
                 old_canary = router.canary
                 router.set(router.stable, new, percent, mode)
-                self.online_gate = {**gate, "canary_version": new.model_version, "started_at": new.started_at,
+                # The window starts when the canary gets traffic (it was started and became ready before).
+                self.online_gate = {**gate, "canary_version": new.model_version, "started_at": _now(),
                                     "stable_version": router.stable.model_version} if gate else None
                 await self._retire(old_canary)
             else:
