@@ -139,7 +139,8 @@ online_evaluation_job = dg.define_asset_job(ONLINE_JOB_NAME, selection=dg.AssetS
 @dg.sensor(name="online_gate_sensor", job=online_evaluation_job, minimum_interval_seconds=ONLINE_SENSOR_INTERVAL_S,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="While a canary is under online A/B evaluation, judge it every minute (one run at a time).")
-def online_gate_sensor(context: dg.SensorEvaluationContext, serving: ServingBackend) -> dg.SensorResult:
+def online_gate_sensor(context: dg.SensorEvaluationContext, serving: dg.ResourceParam[ServingBackend]
+                       ) -> dg.SensorResult:
     try:
         gate = serving.online_gate()
     except ServingError as exc:

@@ -70,3 +70,27 @@ def test_shadow_mode_answers_from_stable_and_names_the_challenger():
     assert router.canary_percent == 0 and not router.split
     assert all(router.route(entity) is stable for entity in range(100)) and router.route() is stable
     assert router.shadow() is canary
+
+
+class _Backend:
+    """Just what the sensor asks of a serving backend."""
+
+    def __init__(self, gate):
+        self.gate = gate
+
+    def online_gate(self):
+        return self.gate
+
+
+def test_the_sensor_judges_only_while_a_canary_is_under_evaluation():
+    import dagster as dg
+
+    from mlops_assets.deployment.online import online_gate_sensor
+
+    instance = dg.DagsterInstance.ephemeral()
+    idle = online_gate_sensor(dg.build_sensor_context(instance=instance, resources={"serving": _Backend(None)}))
+    assert not idle.run_requests and "no canary" in idle.skip_reason.skip_message
+    gate = {"canary_version": "7", "started_at": "2026-11-29T18:00:00+00:00"}
+    busy = online_gate_sensor(dg.build_sensor_context(instance=instance, resources={"serving": _Backend(gate)}))
+    [request] = busy.run_requests
+    assert request.run_key.startswith("7@2026-11-29T18:00:00+00:00#") and request.tags["mlops/canary_version"] == "7"

@@ -24,7 +24,7 @@ from tests.serving.conftest import SEED, train_and_register, write_feature_store
 
 pytestmark = pytest.mark.integration
 
-ENV = {"MLOPS_PROFILE": "local", "MLOPS_SERVING_REPLICAS": "1", "MLOPS_SERVING_HOLD_S": "180"}
+ENV = {"MLOPS_PROFILE": "local"}
 BATCH = 200  # requests between two evaluations
 MEASURED: dict = {}  # figures for the report (printed at the end of the module)
 
@@ -97,7 +97,8 @@ def world(tmp_path_factory):
     home = tmp_path_factory.mktemp("ab-home")
     saved = {key: os.environ.get(key) for key in [*ENV, "MLOPS_HOME"]}
     os.environ.update(ENV, MLOPS_HOME=str(home))  # the serving processes resolve the same settings
-    platform = make_platform(home)
+    # one replica a revision: five rollouts on a shared 2-core machine; requests held up to 3 min
+    platform = make_platform(home, serving_replicas=1, serving_hold_s=180.0)
     backend = LocalServingBackend(platform.settings)
     try:
         settings, spec = platform.settings, platform.settings.dataset_spec()
