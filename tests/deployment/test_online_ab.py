@@ -152,6 +152,7 @@ def test_a_canary_trained_on_shuffled_labels_is_rolled_back_by_the_online_check(
     assert world.champion() == stable, "@champion not returned to @previous"
     MEASURED["shuffled_rollback"] = {"labelled_canary": decided["n_canary"], "labelled_stable": decided["n_stable"],
                                      "requests": world.batches * BATCH, "seconds": round(time.monotonic() - started, 1),
+                                     "canary_start_to_decision_s": decided["elapsed_s"],
                                      "accuracy": (round(decided["accuracy_canary"], 4),
                                                   round(decided["accuracy_stable"], 4))}
 
@@ -210,6 +211,7 @@ def test_an_equal_canary_is_promoted_on_non_inferiority_once_the_sample_is_large
     assert state["revisions"]["canary"] is None and world.champion() == world.versions["equal"]
     MEASURED["equal_promotion"] = {"labelled_canary": decided["n_canary"], "labelled_stable": decided["n_stable"],
                                    "lower_bound": round(decided["lower"], 4),
+                                   "canary_start_to_decision_s": decided["elapsed_s"],
                                    "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -255,4 +257,5 @@ def test_shadow_mode_answers_only_from_stable_and_logs_the_challengers_predictio
     decided = world.until_decided(max_batches=6)
     assert decided["decision"] == "rollback" and world.champion() == stable
     assert world.state()["revisions"]["canary"] is None
-    MEASURED["shadow_rollback"] = {"labelled_canary": decided["n_canary"], "labelled_stable": decided["n_stable"]}
+    MEASURED["shadow_rollback"] = {"labelled_canary": decided["n_canary"], "labelled_stable": decided["n_stable"],
+                                   "canary_start_to_decision_s": decided["elapsed_s"]}
