@@ -13,6 +13,7 @@ import dagster as dg
 from mlops_assets.automation import build_automation
 from mlops_assets.data import assets as data_assets
 from mlops_assets.deployment import assets as deployment_assets
+from mlops_assets.deployment import online as online_gate
 from mlops_assets.deployment.rollback import rollback_job
 from mlops_assets.drift import assets as drift_assets
 from mlops_assets.features import assets as feature_assets
@@ -21,11 +22,12 @@ from mlops_assets.monitoring import assets as monitoring_assets
 from mlops_assets.monitoring.alerts import alert_sensors
 from mlops_assets.naming import MODEL_TAG, job_name
 from mlops_assets.registry import assets as registry_assets
+from mlops_assets.resources import serving_backend
 from mlops_assets.settings import Settings
 from mlops_assets.training import assets as training_assets
 
 LAYERS = (data_assets, feature_assets, online_features, training_assets, registry_assets, deployment_assets,
-          monitoring_assets, drift_assets)
+          online_gate, monitoring_assets, drift_assets)
 
 
 def _for_model(model: str):
@@ -50,11 +52,14 @@ def _check_names(check) -> set[str]:
 
 def model_definitions(settings: Settings) -> dg.Definitions:
     """One model's graph, jobs, sensors and schedules (``settings`` are that model's)."""
+    model = settings.model_name
     automation = build_automation(settings)
-    rollback = rollback_job(settings.model_name)
+    rollback = rollback_job(model)
+    online_job = online_gate.online_evaluation_job(model)
     return dg.Definitions(
-        assets=model_assets(settings.model_name),
-        jobs=[*automation.jobs, rollback],
-        sensors=[*automation.sensors, *alert_sensors(settings, automation.retrain_job, rollback)],
+        assets=model_assets(model),
+        jobs=[*automation.jobs, rollback, online_job],
+        sensors=[*automation.sensors, *alert_sensors(settings, automation.retrain_job, rollback),
+                 online_gate.build_online_gate_sensor(online_job, serving_backend(settings), model)],
         schedules=automation.schedules,
     )

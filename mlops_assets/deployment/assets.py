@@ -32,10 +32,18 @@ def record_serving(context, result: dict, reason: str) -> None:
 
 
 @dg.asset(group_name="deployment", code_version="2", pool=RELEASE_POOL,
-          description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back).")
+          description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back); with "
+                      "the online A/B gate (config ab) left as a canary or shadow for online_evaluation.")
 def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
                       serving: dg.ResourceParam[ServingBackend], registry: dg.ResourceParam[ModelRegistry],
                       champion_model: dict) -> dg.Output[dict]:
+    problems = config.ab.problems()  # before anything serving changes
+    if problems:
+        raise dg.Failure(description="invalid A/B config (inference_service config ab): " + "; ".join(problems)
+                                     + "; nothing serving changed")
+    if config.ab.mode != "off" and not serving.supports_online_gate:
+        raise dg.Failure(description=f"ab.mode {config.ab.mode!r}: the online A/B gate is not implemented for "
+                                     f"{serving.kind}; nothing serving changed")
     version = champion_model["version"]
     current = registry.version_of(CHAMPION)
     if current != version:

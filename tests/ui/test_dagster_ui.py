@@ -26,7 +26,7 @@ GROUPS = {
     "features": {"feature_table", "feature_store", "online_features"},
     "training": {"training_set", "holdout_set", "candidate_model", "model_explanations"},
     "registry": {"champion_model"},
-    "deployment": {"inference_service", "batch_predictions"},
+    "deployment": {"inference_service", "batch_predictions", "online_evaluation"},
     "monitoring": {"prediction_log", "model_performance"},
     "drift": {"drift_report"},
 }
@@ -45,6 +45,7 @@ LINEAGE = {
     "champion_model": {"candidate_model"},
     "inference_service": {"champion_model"},
     "batch_predictions": {"champion_model"},
+    "online_evaluation": {"inference_service"},
     "model_performance": {"prediction_log"},
     "drift_report": {"training_set", "prediction_log"},
 }
