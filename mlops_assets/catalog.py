@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from mlops_assets.data.load import load_spec_mapping
+from mlops_assets.data.load import load_spec_mapping, read_yaml
 from mlops_assets.data.spec import DEMO_SPEC, DatasetSpec, DatasetSpecError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -149,13 +147,7 @@ def parse_spec(path: Path, raw) -> ModelSpec:
 
 
 def read_spec(path: Path) -> ModelSpec:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ModelSpecError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ModelSpecError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_spec(path, raw)
+    return parse_spec(path, read_yaml(path, ModelSpecError, f"model spec {path}"))
 
 
 def load_catalog(folder: Path | None, default: ModelSpec) -> Catalog:

@@ -99,3 +99,12 @@ def step_failure(result: dg.ExecuteInProcessResult, step: str) -> str:
                 event.event_specific_data.user_failure_data.description
                 if event.event_specific_data.user_failure_data else "")
     raise AssertionError(f"step {step} did not fail")
+
+
+def restore_environment(saved: dict[str, str | None]) -> None:
+    """Put back environment variables a fixture changed (``None``: it was not set)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

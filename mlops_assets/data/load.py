@@ -70,13 +70,18 @@ def normalise(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read a bring-your-own dataset config (YAML); relative `source` paths are relative to it."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DatasetSpecError(f"cannot read dataset config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise DatasetSpecError(f"dataset config {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, DatasetSpecError, f"dataset config {path}")
     return load_spec_mapping(raw, base=path.parent, where=f"dataset config {path}")
+
+
+def read_yaml(path: Path, error: type[ValueError], label: str):
+    """A YAML file's content, or ``error`` naming ``label`` (unreadable, or not YAML)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise error(f"cannot read {label}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{label} is not valid YAML: {exc}") from exc
 
 
 def load_spec_mapping(raw, base: Path, where: str) -> DatasetSpec:

@@ -19,7 +19,7 @@ from mlops_assets.deployment.assets import inference_service
 from mlops_assets.deployment.online import online_evaluation
 from mlops_assets.loop import deliver_labels, send_traffic
 from mlops_assets.serving.backend_local import LocalServingBackend
-from tests.conftest import Platform, make_platform, step_failure
+from tests.conftest import Platform, make_platform, step_failure, restore_environment
 from tests.serving.conftest import SEED, train_and_register, write_feature_store
 
 pytestmark = pytest.mark.integration
@@ -114,11 +114,7 @@ def world(tmp_path_factory):
         yield world
     finally:
         backend.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environment(saved)
         print("\nA/B gate figures:", MEASURED)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import restore_environment
 import yaml
 
 from mlops_assets.settings import PROJECT_ROOT
@@ -94,11 +96,7 @@ def served(tmp_path_factory):
         yield world, state["endpoint"]
     finally:
         backend.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environment(saved)
 
 
 def test_every_readme_shell_line_runs_on_the_local_profile(served, tmp_path):
