@@ -16,15 +16,19 @@ from typing import Callable, Mapping
 import dagster as dg
 import yaml
 
+from mlops_assets.naming import MODEL_TAG, job_name, model_key, model_keys
 from mlops_assets.settings import Settings
 
 # A retrain starts from the data: the dataset picks up the labelled production traffic.
 RETRAIN_ASSETS = ("dataset", "feature_table", "feature_store", "training_set", "holdout_set", "candidate_model", "model_explanations",
                   "champion_model", "inference_service")
+# Base names: each model's jobs, sensors and schedules are ``<model>_<base>`` (mlops_assets.naming).
 RETRAIN_JOB = "retrain_job"
 DRIFT_CHECK_JOB = "drift_check_job"
-DRIFT_REPORT = dg.AssetKey("drift_report")
-MODEL_PERFORMANCE = dg.AssetKey("model_performance")
+ONLINE_FEATURES_JOB = "online_features_job"
+DRIFT_REPORT = "drift_report"
+MODEL_PERFORMANCE = "model_performance"
+ONLINE_REFRESH_CRON = "*/30 * * * *"
 SENSOR_INTERVAL_SECONDS = 15  # the loop's latency budget is about a minute
 
 
@@ -84,6 +88,7 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
                              verdict: Callable[[Mapping], Verdict], trigger: str,
                              cooldown_minutes: float, run_config: Callable[[], dict] = dict) -> dg.SensorResult:
     """One tick: the latest report of ``asset_key`` -> a retrain run request or a skip reason."""
+    model = asset_key.path[0]
     cursor = json.loads(context.cursor) if context.cursor else {}
     # The latest materialization as a record: its storage id is the report's identity.
     records = context.instance.fetch_materializations(asset_key, limit=1).records
@@ -99,7 +104,7 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
         return dg.SensorResult(skip_reason=f"report {report_id}: {decision.reason}",
                                cursor=json.dumps(cursor))
     # Retrains from any source (either sensor, the schedule, a person) share one cool-down.
-    latest = _latest_retrain_run(context.instance)
+    latest = latest_retrain_run(context.instance, model)
     if latest is not None and latest.create_timestamp.timestamp() >= judged_until(event):
         cursor["last_report_id"] = report_id
         return dg.SensorResult(skip_reason=(
@@ -113,23 +118,29 @@ def evaluate_retrain_trigger(context: dg.SensorEvaluationContext, asset_key: dg.
             f"report {report_id}: {decision.reason}, but cooling down: the last retrain was "
             f"triggered {since / 60:.1f} min ago (cool-down {cooldown_minutes:g} min)"))
     cursor.update(last_report_id=report_id, last_trigger_time=time.time())
-    tags = {"mlops/trigger": trigger, f"mlops/{asset_key.path[-1]}_id": str(report_id),
+    tags = {"mlops/trigger": trigger, MODEL_TAG: model, f"mlops/{asset_key.path[-1]}_id": str(report_id),
             "mlops/reason": decision.reason[:200], **decision.tags}
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=str(report_id), tags=tags,
                                                           run_config=run_config())],
                            cursor=json.dumps(cursor))
 
 
-def _latest_retrain_run(instance: dg.DagsterInstance):
-    records = instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB), limit=1)
+def latest_retrain_run(instance: dg.DagsterInstance, model: str):
+    records = instance.get_run_records(dg.RunsFilter(job_name=job_name(model, RETRAIN_JOB)), limit=1)
     return records[0] if records else None
 
 
 def retrain_run_config(settings: Settings) -> dict:
-    """Run config for automatic retrains, from ``$MLOPS_HOME/retrain.yaml`` if present
-    (e.g. another model type, or a tolerance for the gate)."""
-    path = settings.home / "retrain.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    """Run config for automatic retrains: the model spec's settings, then ``retrain.yaml`` in the
+    model's home if present (e.g. another model type, or a tolerance for the gate)."""
+    path = settings.model_home / "retrain.yaml"
+    extra = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    base = settings.model.run_config() if settings.model is not None else {}
+    ops = {**(base.get("ops") or {})}
+    for op, value in (extra.get("ops") or {}).items():
+        merged = {**(ops.get(op, {}).get("config") or {}), **((value or {}).get("config") or {})}
+        ops[op] = {**(value or {}), "config": merged}
+    return {**extra, **({"ops": ops} if ops else {})}
 
 
 def default_status(settings: Settings) -> dg.DefaultSensorStatus:
@@ -143,11 +154,13 @@ def build_drift_sensor(settings: Settings, threshold: float | None = None,
     threshold = settings.drift_threshold if threshold is None else threshold
     cooldown = settings.retrain_cooldown_minutes if cooldown_minutes is None else cooldown_minutes
 
-    @dg.sensor(name="drift_sensor", job_name=RETRAIN_JOB, default_status=default_status(settings),
+    model = settings.model_name
+
+    @dg.sensor(name=job_name(model, "drift_sensor"), job_name=job_name(model, RETRAIN_JOB), default_status=default_status(settings),
                minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                description=f"Retrain when the latest drift report's drift share >= {threshold}.")
     def drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return evaluate_retrain_trigger(context, DRIFT_REPORT, lambda m: drift_verdict(m, threshold),
+        return evaluate_retrain_trigger(context, model_key(model, DRIFT_REPORT), lambda m: drift_verdict(m, threshold),
                                         "drift", cooldown, lambda: retrain_run_config(settings))
 
     return drift_sensor
@@ -156,11 +169,13 @@ def build_drift_sensor(settings: Settings, threshold: float | None = None,
 def build_performance_sensor(settings: Settings, cooldown_minutes: float | None = None) -> dg.SensorDefinition:
     cooldown = settings.retrain_cooldown_minutes if cooldown_minutes is None else cooldown_minutes
 
-    @dg.sensor(name="performance_sensor", job_name=RETRAIN_JOB, default_status=default_status(settings),
+    model = settings.model_name
+
+    @dg.sensor(name=job_name(model, "performance_sensor"), job_name=job_name(model, RETRAIN_JOB), default_status=default_status(settings),
                minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
                description="Retrain when model_performance reports decay below the champion.")
     def performance_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return evaluate_retrain_trigger(context, MODEL_PERFORMANCE, performance_verdict,
+        return evaluate_retrain_trigger(context, model_key(model, MODEL_PERFORMANCE), performance_verdict,
                                         "performance", cooldown, lambda: retrain_run_config(settings))
 
     return performance_sensor
@@ -174,27 +189,42 @@ class Automation:
 
     @property
     def retrain_job(self):
-        return next(job for job in self.jobs if job.name == RETRAIN_JOB)
+        return next(job for job in self.jobs if job.name.endswith(RETRAIN_JOB))
 
 
 def build_automation(settings: Settings) -> Automation:
-    """Every job, sensor and schedule for ``settings`` (in ``k8s`` also the deploy job and its sensor)."""
-    retrain_job = dg.define_asset_job(RETRAIN_JOB, selection=dg.AssetSelection.assets(*retrain_assets(settings)))
-    drift_check_job = dg.define_asset_job(DRIFT_CHECK_JOB, selection=dg.AssetSelection.assets("drift_report"))
+    """Every job, sensor and schedule of one model (``settings.model_name``), named ``<model>_<base>``
+    and tagged with the model; in ``k8s`` also the deploy job and its sensor."""
+    model = settings.model_name
+    tags = {MODEL_TAG: model}
+
+    def asset_job(base: str, assets, **kwargs):
+        return dg.define_asset_job(job_name(model, base), selection=dg.AssetSelection.assets(*model_keys(model, assets)),
+                                   tags=tags, **kwargs)
+
+    # the spec's training settings as the job's defaults (the sensors add retrain.yaml per tick)
+    spec_config = settings.model.run_config() if settings.model is not None else {}
+    retrain_job = asset_job(RETRAIN_JOB, retrain_assets(settings), config=spec_config.get("ops") and spec_config or None)
+    drift_check_job = asset_job(DRIFT_CHECK_JOB, [DRIFT_REPORT])
+    online_job = asset_job(ONLINE_FEATURES_JOB, ["online_features"])
     schedule_status = dg.DefaultScheduleStatus(default_status(settings).value)
     automation = Automation(
-        jobs=[retrain_job, drift_check_job],
+        jobs=[retrain_job, drift_check_job, online_job],
         sensors=[build_drift_sensor(settings), build_performance_sensor(settings)],
         schedules=[
-            dg.ScheduleDefinition(name="hourly_drift_check", job=drift_check_job, cron_schedule="0 * * * *",
-                                  default_status=schedule_status),
-            dg.ScheduleDefinition(name="weekly_retrain", job=retrain_job, cron_schedule="0 3 * * 1",
-                                  tags={"mlops/trigger": "schedule"}, default_status=schedule_status),
+            dg.ScheduleDefinition(name=job_name(model, "hourly_drift_check"), job=drift_check_job,
+                                  cron_schedule="0 * * * *", default_status=schedule_status),
+            dg.ScheduleDefinition(name=job_name(model, "weekly_retrain"), job=retrain_job, cron_schedule="0 3 * * 1",
+                                  tags={**tags, "mlops/trigger": "schedule"}, default_status=schedule_status),
+            # fresh online features between retrains, on this machine and on a cluster alike
+            dg.ScheduleDefinition(name=job_name(model, "online_features_refresh"), job=online_job,
+                                  cron_schedule=ONLINE_REFRESH_CRON, default_status=dg.DefaultScheduleStatus.RUNNING,
+                                  description="Incremental Feast materialization, independent of retraining."),
         ])
     if settings.profile == "k8s":
         from mlops_assets.deployment.job import deploy_job, deploy_on_new_champion
 
         job = deploy_job(settings)
         automation.jobs.append(job)
-        automation.sensors.append(deploy_on_new_champion(job))
+        automation.sensors.append(deploy_on_new_champion(job, model))
     return automation

@@ -14,6 +14,8 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from mlops_assets.automation import RETRAIN_JOB
+from mlops_assets.naming import job_name
 from mlops_assets.settings import SettingsError, get_settings
 
 LOOP_STAGE = "drift sensor -> retrain -> gate -> canary rollout"
@@ -49,7 +51,7 @@ def _require(result, what: str):
 
 def _metadata(result, asset: str) -> dict:
     for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == asset:
+        if event.asset_key.path[-1] == asset:
             return {k: getattr(v, "value", v) for k, v in event.step_materialization_data.materialization.metadata.items()}
     return {}
 
@@ -66,27 +68,27 @@ def _send(stages: Stages, settings, scenario: str, requests: int, seed: int):
     return traffic
 
 
-def _drift_report(stages: Stages, defs, instance, since: datetime) -> dict:
+def _drift_report(stages: Stages, defs, instance, since: datetime, model: str) -> dict:
     from mlops_assets.loop import materialize, window_config
 
     window = window_config(since)
     result = _require(materialize(defs, instance, ["drift_report", "model_performance"],
                                   {"ops": {"drift_report": {"config": window},
-                                           "model_performance": {"config": window}}}), "drift report")
+                                           "model_performance": {"config": window}}}, model=model), "drift report")
     drift, performance = _metadata(result, "drift_report"), _metadata(result, "model_performance")
     stages.note(f"drift share {drift.get('drift_share')} ({drift.get('status')}), drifted: "
                 f"{drift.get('drifted_columns')}; accuracy {performance.get('accuracy')}; report {drift.get('report')}")
     return drift
 
 
-def _await_retrain(stages: Stages, instance, after: float, registry, backend) -> dict:
+def _await_retrain(stages: Stages, instance, after: float, registry, backend, model: str) -> dict:
     from mlops_assets.loop import (
         run_step_events,
         step_durations,
         wait_for_triggered_run,
     )
 
-    run = wait_for_triggered_run(instance, after, on_tick=stages.note)
+    run = wait_for_triggered_run(instance, after, job_name(model, RETRAIN_JOB), on_tick=stages.note)
     steps = run_step_events(instance, run.run_id)
     durations = step_durations(instance, run.run_id)
     serving = backend.status()
@@ -127,26 +129,28 @@ def demo(args) -> int:
     defs, instance = build_definitions(settings), open_instance(settings)
     registry, backend, stages = ModelRegistry(settings), LocalServingBackend(settings), Stages()
     print(f"MLOPS_HOME={settings.home} (profile {settings.profile})")
-    retrain_config = settings.home / "retrain.yaml"
+    retrain_config = settings.model_home / "retrain.yaml"
     retrain_config.unlink(missing_ok=True)
 
     build = stages.run("1. materialize data, features, model, gates, registry, serving", materialize, defs, instance,
-                       BUILD_SELECTION, {"ops": {"dataset": {"config": {"rows": args.rows}}}})
+                       BUILD_SELECTION, {"ops": {"dataset": {"config": {"rows": args.rows}}}}, model=settings.model_name)
     _require(build, "the first materialization")
     first_champion = registry.version_of("champion")
     stages.note(f"@champion v{first_champion} serves at {backend.endpoint}")
 
     healthy_since = datetime.now(timezone.utc)
     stages.run("2. healthy traffic", _send, stages, settings, "baseline", args.requests, 1)
-    stages.run("3. drift check on healthy traffic", _drift_report, stages, defs, instance, healthy_since)
+    stages.run("3. drift check on healthy traffic", _drift_report, stages, defs, instance, healthy_since,
+               settings.model_name)
 
     def drift_round(first: int, title: str, requests: int, seed: int, outcome: str) -> dict:
         """Inject drifted traffic, report drift (what the hourly schedule does), await the sensor's run."""
         since = datetime.now(timezone.utc)
         stages.run(f"{first}. {title}: {args.scenario}", _send, stages, settings, args.scenario, requests, seed)
         report_at = time.time()
-        stages.run(f"{first + 1}. drift report", _drift_report, stages, defs, instance, since)
-        return stages.run(f"{first + 2}. {outcome}", _await_retrain, stages, instance, report_at, registry, backend)
+        stages.run(f"{first + 1}. drift report", _drift_report, stages, defs, instance, since, settings.model_name)
+        return stages.run(f"{first + 2}. {outcome}", _await_retrain, stages, instance, report_at, registry, backend,
+                          settings.model_name)
 
     with Daemon(settings, extra_env={"MLOPS_RETRAIN_COOLDOWN_MINUTES": "0"}) as daemon:
         stages.note(f"dagster-daemon started (log {daemon.log_path})")

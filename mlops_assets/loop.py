@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import dagster as dg
+
+from mlops_assets.naming import MODEL_TAG
 import httpx
 
 from mlops_assets.atomic import atomic_write_text
@@ -63,8 +65,13 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str],
-                run_config: dict | None = None, tags: dict | None = None) -> dg.ExecuteInProcessResult:
-    """In-process materialization; the run and its events land in ``instance`` (visible in the UI)."""
+                run_config: dict | None = None, tags: dict | None = None,
+                model: str | None = None) -> dg.ExecuteInProcessResult:
+    """In-process materialization; the run and its events land in ``instance`` (visible in the UI).
+    With ``model``, ``selection`` and ``run_config`` use plain asset names and mean that model's."""
+    if model is not None:
+        selection = [f"{model}/{name}" for name in selection]
+        tags = {MODEL_TAG: model, **(tags or {})}
     return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, instance=instance,
                           resources=defs.resources, run_config={**QUIET_LOGS, **(run_config or {})},
                           tags=tags, raise_on_error=False)
@@ -178,7 +185,7 @@ class Daemon:
         self.stop()
 
 
-def wait_for_triggered_run(instance: dg.DagsterInstance, after: float, job_name: str = "retrain_job",
+def wait_for_triggered_run(instance: dg.DagsterInstance, after: float, job_name: str,
                            timeout: float = 300.0, on_tick: Callable[[str], None] | None = None):
     """The first run of ``job_name`` created after ``after`` (epoch s), once it has finished."""
     deadline, seen = time.monotonic() + timeout, None
@@ -203,17 +210,24 @@ def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         if event and event.step_key:
+            step = plain_step(event.step_key)
             if event.event_type_value == "STEP_START":
-                first[event.step_key] = record.timestamp
-            last[event.step_key] = record.timestamp
+                first[step] = record.timestamp
+            last[step] = record.timestamp
     return {step: round(last[step] - first[step], 2) for step in first}
 
 
 def run_step_events(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[str]]:
-    """{step key: [event types]} of a run, to see which steps ran, failed or were skipped."""
+    """{step: [event types]} of a run, to see which steps ran, failed or were skipped (steps named
+    without their model prefix: ``inference_service``, not ``churn__inference_service``)."""
     steps: dict[str, list[str]] = {}
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         if event and event.step_key:
-            steps.setdefault(event.step_key, []).append(event.event_type_value)
+            steps.setdefault(plain_step(event.step_key), []).append(event.event_type_value)
     return steps
+
+
+def plain_step(step_key: str) -> str:
+    """``churn__candidate_model`` -> ``candidate_model`` (a model's step, by its asset's own name)."""
+    return step_key.split("__", 1)[1] if "__" in step_key else step_key

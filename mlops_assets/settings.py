@@ -10,39 +10,19 @@ import atexit
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlops_assets.catalog import Catalog, ModelSpec
+
+from mlops_assets.env_values import (GITOPS_REQUIRED, K8S_REQUIRED, STACK_REQUIRED, SettingsError, read_env_file,
+                                     count as _count, number as _number, positive as _positive)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("local", "stack", "k8s")
 
-# Settings the k8s profile cannot run without; checked when the definitions load, not at first run.
-K8S_REQUIRED = {
-    "MLOPS_S3_BUCKET": "bucket for DVC data, MLflow artifacts, IO manager and Feast offline store",
-    "MLFLOW_TRACKING_URI": "MLflow tracking server URI",
-    "MLOPS_K8S_NAMESPACE": "namespace for Dagster jobs and the InferenceService",
-    "MLOPS_CODE_IMAGE": "container image of this code location (Dagster code server, run and step pods)",
-    "MLOPS_SERVING_IMAGE": "container image of the serving classes (predictor, transformer, prediction-log sink)",
-}
-# Added to the above in gitops deploy mode.
-GITOPS_REQUIRED = {
-    "MLOPS_GITOPS_PATH": "release file in a git checkout that Argo CD syncs (gitops mode)",
-    "MLOPS_ARGOCD_APP": "the Argo CD Application that syncs MLOPS_GITOPS_PATH (gitops mode)",
-}
-
-# Settings the stack profile cannot run without (``python3 dev.py stack up`` writes them to
-# .mlops-stack/stack.env, which this module reads under the environment: the environment wins).
-STACK_REQUIRED = {
-    "MLOPS_S3_BUCKET": "bucket for DVC data, the IO manager, Feast offline, prediction log, reports",
-    "MLOPS_S3_ENDPOINT_URL": "the S3 server's URL",
-    "MLFLOW_TRACKING_URI": "MLflow tracking server URI (http://)",
-    "MLOPS_POSTGRES_URL": "PostgreSQL server URL (Dagster storage, Feast registry)",
-    "MLOPS_REDIS": "Redis host:port (Feast online store)",
-    "MLOPS_DATA_GIT_URL": "git remote of the DVC data repository",
-    "MLOPS_SINK_URL": "the prediction-log sink's URL",
-    "MLOPS_PUSHGATEWAY_URL": "Prometheus Pushgateway URL (loop gauges)",
-}
 STACK_ENV_FILE = PROJECT_ROOT / ".mlops-stack" / "stack.env"
 # Library settings (boto3, s3fs, MLflow read them from the environment) passed on from stack.env.
 LIBRARY_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -64,10 +44,6 @@ def process_scratch() -> Path:
         _SCRATCH[:] = [Path(tempfile.mkdtemp(prefix=f"mlops-run-{os.getpid()}-"))]
         atexit.register(shutil.rmtree, _SCRATCH[0], True)
     return _SCRATCH[0]
-
-
-class SettingsError(ValueError):
-    """A setting is missing or invalid; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +91,36 @@ class Settings:
     pushgateway_url: str | None = None
     service_timeout_s: float = 10.0  # a run fails this soon when a service is down
     extra: Mapping[str, str] = field(default_factory=dict)
+    # --- the catalog of models (mlops_assets.catalog): a folder of specs, and the spec these settings serve
+    models_dir: Path | None = None
+    model: "ModelSpec | None" = None
+
+    # --- models -----------------------------------------------------------------------------
+    def catalog(self) -> "Catalog":
+        """Every model of this code location (MLOPS_MODELS_DIR, else the built-in model)."""
+        from mlops_assets.catalog import catalog_for
+
+        return catalog_for(self)
+
+    def for_model(self, model: "ModelSpec") -> "Settings":
+        """These settings for one model of the catalog: its name, dataset, feature service, drift
+        settings and (for a model from MLOPS_MODELS_DIR) its own state under ``MLOPS_HOME/models/<name>``."""
+        return replace(self, model=model, model_name=model.name, feature_service=f"{model.name}_v1"
+                       if model.path else self.feature_service,
+                       drift_threshold=self.drift_threshold if model.drift_threshold is None else model.drift_threshold,
+                       retrain_cooldown_minutes=(self.retrain_cooldown_minutes if model.cooldown_minutes is None
+                                                 else model.cooldown_minutes))
+
+    @property
+    def model_home(self) -> Path:
+        """Where this model's own state lives: ``MLOPS_HOME`` for the built-in model, else
+        ``MLOPS_HOME/models/<name>`` (Dagster, MLflow and the logs of the platform stay shared)."""
+        return self.home / "models" / self.model_name if self.model is not None and self.model.path else self.home
+
+    @property
+    def model_prefix(self) -> str:
+        """Path segment that keeps this model's objects apart in shared stores (S3, Feast projects)."""
+        return f"models/{self.model_name}/" if self.model is not None and self.model.path else ""
 
     @property
     def stateless(self) -> bool:
@@ -128,7 +134,7 @@ class Settings:
 
     @property
     def _run_state(self) -> Path:
-        return self.scratch_dir if self.profile == "stack" else self.home
+        return self.scratch_dir / self.model_prefix if self.profile == "stack" else self.model_home
 
     @property
     def dagster_home(self) -> Path:
@@ -136,7 +142,7 @@ class Settings:
 
     @property
     def logs_dir(self) -> Path:
-        return self.home / "logs"
+        return self.model_home / "logs"
 
     @property
     def data_repo(self) -> Path:
@@ -179,12 +185,12 @@ class Settings:
     def feast_offline_path(self) -> str:
         """Parquet file the Feast FileSource reads (the `feature_table` asset writes it)."""
         if self.stateless:
-            return f"s3://{self.s3_bucket}/feast/churn_features.parquet"
+            return f"s3://{self.s3_bucket}/feast/{self.model_prefix}churn_features.parquet"
         return str(self.feast_dir / "offline" / "churn_features.parquet")
 
     @property
     def serving_dir(self) -> Path:
-        return self.home / "serving"
+        return self.model_home / "serving"
 
     @property
     def prediction_log_dir(self) -> Path:
@@ -206,8 +212,12 @@ class Settings:
         return self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1).rstrip("/") + "/feast"
 
     def dataset_spec(self):
-        """The demo churn spec, or the bring-your-own config named by MLOPS_DATASET_CONFIG."""
-        from mlops_assets.data.spec import DEMO_SPEC, load_spec
+        """The model's dataset: from its spec, else the demo churn spec or the bring-your-own config
+        named by MLOPS_DATASET_CONFIG."""
+        if self.model is not None:
+            return self.model.dataset
+        from mlops_assets.data.load import load_spec
+        from mlops_assets.data.spec import DEMO_SPEC
 
         return load_spec(self.dataset_config) if self.dataset_config else DEMO_SPEC
 
@@ -236,6 +246,8 @@ class Settings:
         env = dict(os.environ)
         env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
                     "DAGSTER_HOME": str(self.dagster_home)})
+        if self.models_dir:
+            env["MLOPS_MODELS_DIR"] = str(self.models_dir)
         # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI into this process's environment;
         # the child must resolve *these* settings' store, not whichever one this process touched last.
         env.pop("MLFLOW_REGISTRY_URI", None)
@@ -249,7 +261,6 @@ class Settings:
             env.pop("MLFLOW_TRACKING_URI", None)
         for name, value in self.s3_client_env().items():
             env.setdefault(name, value)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # set by importing Feast; gone once this process ends
         if self.profile == "stack":
             env.update({name: value for name, value in self.stack_env().items() if value})
         return env
@@ -265,6 +276,7 @@ class Settings:
         env.pop("MLFLOW_REGISTRY_URI", None)
         env.update({"MLOPS_PROFILE": self.profile, "MLOPS_HOME": str(self.home),
                     "DAGSTER_HOME": str(self.dagster_home), "MLOPS_MODEL_NAME": self.model_name,
+                    **({"MLOPS_MODELS_DIR": str(self.models_dir)} if self.models_dir else {}),
                     "MLOPS_SERVING_REPLICAS": str(self.serving_replicas),
                     "MLOPS_SERVING_HOLD_S": str(self.serving_hold_s),
                     "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
@@ -276,7 +288,6 @@ class Settings:
         if self.profile == "stack":
             env.update({name: value for name, value in self.stack_env().items() if value})
         return env
-
 
     def stack_env(self) -> dict[str, str]:
         """The stack profile's settings as environment variables (what a child process needs)."""
@@ -291,45 +302,6 @@ SYSTEM_VARIABLES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTY
                     "PYTHONDONTWRITEBYTECODE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
 
 
-def _resolve_home(env: Mapping[str, str]) -> Path:
-    raw = env.get("MLOPS_HOME") or str(PROJECT_ROOT / ".mlops")
-    return Path(raw).expanduser().resolve()
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-
-
-def _positive(env: Mapping[str, str], name: str, default: float, unit: str = "seconds") -> float:
-    value = _number(env, name, default)
-    if not value > 0:
-        raise SettingsError(f"{name}={env.get(name)!r} must be a number of {unit} greater than 0")
-    return value
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _number(env, name, default)
-    if not (value >= 1 and float(value).is_integer()):
-        raise SettingsError(f"{name}={env.get(name)!r} must be a whole number of at least 1")
-    return int(value)
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines (``#`` comments, blank lines ignored)."""
-    values = {}
-    for line in path.read_text().splitlines():
-        name, sep, value = line.strip().partition("=")
-        if sep and not name.startswith("#"):
-            values[name.strip()] = value.strip()
-    return values
-
-
 def _with_stack_file(env: Mapping[str, str]) -> Mapping[str, str]:
     path = Path(env.get("MLOPS_STACK_ENV") or STACK_ENV_FILE)
     if not path.exists():
@@ -340,7 +312,23 @@ def _with_stack_file(env: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def get_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Resolve settings from the environment (or the mapping given, for tests)."""
+    """Resolve settings from the environment (or the mapping given, for tests). With
+    ``MLOPS_MODELS_DIR``, the settings of the model ``MLOPS_MODEL_NAME`` (default: the first spec);
+    :meth:`Settings.catalog` lists them all."""
+    base = base_settings(env)
+    if base.models_dir is None:
+        return base
+    from mlops_assets.catalog import ModelSpecError
+
+    env = os.environ if env is None else env
+    try:
+        return base.for_model(base.catalog().get(env.get("MLOPS_MODEL_NAME") or None))
+    except ModelSpecError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def base_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings shared by every model (no model chosen yet)."""
     env = os.environ if env is None else env
     profile = env.get("MLOPS_PROFILE", "local").strip() or "local"
     if profile not in PROFILES:
@@ -362,7 +350,7 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
     gitops_path = env.get("MLOPS_GITOPS_PATH")
     return Settings(
         profile=profile,
-        home=_resolve_home(env),
+        home=Path(env.get("MLOPS_HOME") or str(PROJECT_ROOT / ".mlops")).expanduser().resolve(),
         model_name=env.get("MLOPS_MODEL_NAME", "churn"),
         mlflow_tracking_uri_override=env.get("MLFLOW_TRACKING_URI") or None,
         s3_bucket=env.get("MLOPS_S3_BUCKET") or None,
@@ -397,4 +385,5 @@ def get_settings(env: Mapping[str, str] | None = None) -> Settings:
         pushgateway_url=(env.get("MLOPS_PUSHGATEWAY_URL") or "").rstrip("/") or None,
         service_timeout_s=_positive(env, "MLOPS_SERVICE_TIMEOUT_S", 10.0),
         extra={name: env[name] for name in LIBRARY_ENV if env.get(name)},
+        models_dir=Path(env["MLOPS_MODELS_DIR"]).expanduser().resolve() if env.get("MLOPS_MODELS_DIR") else None,
     )

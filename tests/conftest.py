@@ -13,13 +13,23 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from mlops_assets.definitions import build_definitions
+from mlops_assets.deployment.rollback import rollback
+from mlops_assets.factory import LAYERS
+from mlops_assets.resources import build_resources
 from mlops_assets.settings import Settings, get_settings
+
+
+def layer_definitions(settings: Settings) -> dg.Definitions:
+    """The layers' own assets and checks (plain keys: ``dataset``, not ``churn/dataset``) with one
+    model's resources and the rollback job: what the asset factory copies once per model."""
+    return dg.Definitions(assets=dg.load_assets_from_modules(LAYERS),
+                          asset_checks=dg.load_asset_checks_from_modules(LAYERS),
+                          jobs=[rollback], resources=build_resources(settings))
 
 
 @dataclass
 class Platform:
-    """A settings home with its definitions and a Dagster instance, and a way to materialize."""
+    """A settings home with the layers' definitions and a Dagster instance, and a way to materialize."""
 
     settings: Settings
     defs: dg.Definitions
@@ -40,7 +50,7 @@ class Platform:
 def make_platform(home: Path, **overrides) -> Platform:
     settings = replace(get_settings({"MLOPS_HOME": str(home)}), **overrides)
     settings.ensure_dirs()
-    return Platform(settings=settings, defs=build_definitions(settings),
+    return Platform(settings=settings, defs=layer_definitions(settings),
                     instance=dg.DagsterInstance.ephemeral())
 
 
@@ -89,3 +99,12 @@ def step_failure(result: dg.ExecuteInProcessResult, step: str) -> str:
                 event.event_specific_data.user_failure_data.description
                 if event.event_specific_data.user_failure_data else "")
     raise AssertionError(f"step {step} did not fail")
+
+
+def restore_environment(saved: dict[str, str | None]) -> None:
+    """Put back environment variables a fixture changed (``None``: it was not set)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -48,28 +48,6 @@ DEMO_SPEC = DatasetSpec(
 )
 
 
-def load_spec(path: str | Path) -> DatasetSpec:
-    """Read a bring-your-own dataset config (YAML); relative `source` paths are relative to it."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DatasetSpecError(f"cannot read dataset config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise DatasetSpecError(f"dataset config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DatasetSpecError(f"dataset config {path} must be a mapping")
-    required = ("source", "entity", "timestamp", "target")
-    missing = [key for key in required if not raw.get(key)]
-    if missing or not (raw.get("numeric") or raw.get("categorical")):
-        missing += [] if (raw.get("numeric") or raw.get("categorical")) else ["numeric/categorical"]
-        raise DatasetSpecError(f"dataset config {path} is missing: {', '.join(missing)}")
-    source = Path(raw["source"])
-    if not source.is_absolute():
-        source = (path.parent / source).resolve()
-    return DatasetSpec(
-        name=str(raw.get("name") or source.stem),
-        entity=raw["entity"], timestamp=raw["timestamp"], target=raw["target"],
-        numeric=tuple(raw.get("numeric") or ()), categorical=tuple(raw.get("categorical") or ()),
-        integer=tuple(raw.get("integer") or ()), source=str(source),
-    )
+def is_packaged(source: str) -> bool:
+    """``sklearn:<name>``: a table that ships inside an installed package (nothing downloaded)."""
+    return source.startswith("sklearn:")

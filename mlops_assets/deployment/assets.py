@@ -4,6 +4,8 @@ scoring with the same feature definitions (`batch_predictions`)."""
 from typing import Any
 
 import dagster as dg
+
+from mlops_assets.naming import sibling_key
 import pandas as pd
 
 from mlops_assets.data.versioning import DataVersioner
@@ -25,15 +27,23 @@ def serving_metadata(result: dict) -> dict:
 
 def record_serving(context, result: dict, reason: str) -> None:
     """An `inference_service` materialization for a rollout made outside the asset (the rollback job)."""
-    context.log_event(dg.AssetMaterialization(asset_key="inference_service", description=reason,
+    context.log_event(dg.AssetMaterialization(asset_key=sibling_key(context, "inference_service"), description=reason,
                                               metadata={**serving_metadata(result), "reason": reason}))
 
 
 @dg.asset(group_name="deployment", code_version="2", pool=RELEASE_POOL,
-          description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back).")
+          description="The champion served: canary at 20%, smoke-tested, then 100% (or rolled back); with "
+                      "the online A/B gate (config ab) left as a canary or shadow for online_evaluation.")
 def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
                       serving: dg.ResourceParam[ServingBackend], registry: dg.ResourceParam[ModelRegistry],
                       champion_model: dict) -> dg.Output[dict]:
+    problems = config.ab.problems()  # before anything serving changes
+    if problems:
+        raise dg.Failure(description="invalid A/B config (inference_service config ab): " + "; ".join(problems)
+                                     + "; nothing serving changed")
+    if config.ab.mode != "off" and not serving.supports_online_gate:
+        raise dg.Failure(description=f"ab.mode {config.ab.mode!r}: the online A/B gate is not implemented for "
+                                     f"{serving.kind}; nothing serving changed")
     version = champion_model["version"]
     current = registry.version_of(CHAMPION)
     if current != version:
@@ -49,7 +59,7 @@ def inference_service(context: dg.AssetExecutionContext, config: RolloutConfig,
             record_champion(context, registry, restored[0].to_version, f"canary of v{version} failed; rolled back")
         champion = restored[0].to_version if restored else registry.version_of(CHAMPION)
         context.log_event(dg.AssetObservation(
-            asset_key="inference_service",
+            asset_key=sibling_key(context, "inference_service"),
             description=f"canary of v{version} rolled back: the stable revision keeps serving",
             metadata={"failed_version": version, "champion": champion or "none", "canary_percent": 0}))
         raise dg.Failure(description=f"rollout of v{version} rolled back: {failed}",

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import dagster as dg
 
+from .ab_test import ABConfig
+
 Log = Callable[[str], Any]
 
 
@@ -21,6 +23,9 @@ class RolloutConfig(dg.Config):
     smoke_requests: int = 50
     max_error_rate: float = 0.0
     max_p99_ms: float = 250.0
+    # The online A/B gate: off (promote once the smoke test passes), or keep the canary / shadow
+    # running until `online_evaluation` promotes or rolls it back (see ab_test.py).
+    ab: ABConfig = ABConfig()
 
 
 class RolloutFailed(RuntimeError):
@@ -54,6 +59,22 @@ class ServingBackend(ABC):
     @abstractmethod
     def serving_version(self) -> str | None:
         """The version at full traffic, ``None`` if nothing serves; :class:`ServingError` if unknown."""
+
+    # --- the online A/B gate (local processes only so far) -------------------------------------
+    supports_online_gate: bool = False
+
+    def online_gate(self) -> dict | None:
+        """The canary under online evaluation: its stored policy plus ``canary_version``,
+        ``stable_version``, ``started_at``, ``mode``, ``canary_percent``; ``None`` if there is none."""
+        return None
+
+    def promote_canary(self) -> dict:
+        """The canary under evaluation takes all traffic; returns :func:`rollout_result`."""
+        raise ServingError(f"the online A/B gate is not implemented for {self.kind}")
+
+    def rollback_canary(self) -> dict:
+        """The canary under evaluation stops; stable keeps serving; returns :func:`rollout_result`."""
+        raise ServingError(f"the online A/B gate is not implemented for {self.kind}")
 
 
 def require_passed(smoke: dict, revision: str, where: str = "") -> dict:

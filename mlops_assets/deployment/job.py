@@ -9,6 +9,7 @@ import copy
 
 import dagster as dg
 
+from mlops_assets.naming import MODEL_TAG, job_name, model_key
 from mlops_assets.settings import Settings, SettingsError
 
 # The deploy step only talks to the API server and runs smoke requests: a small, fixed footprint.
@@ -48,21 +49,24 @@ DEPLOY_JOB_NAME = "deploy_job"
 
 def deploy_job(settings: Settings):
     """The job that rolls the champion out: ``inference_service`` (and its check), each step a Kubernetes Job."""
-    return dg.define_asset_job(DEPLOY_JOB_NAME, selection=dg.AssetSelection.assets("inference_service"),
+    model = settings.model_name
+    return dg.define_asset_job(job_name(model, DEPLOY_JOB_NAME),
+                               selection=dg.AssetSelection.assets(model_key(model, "inference_service")),
+                               tags={MODEL_TAG: model},
                                executor_def=deploy_executor(settings),
                                description="Canary rollout of @champion as the KServe InferenceService; "
                                            "the step runs as its own Kubernetes Job (k8s_job_executor).")
 
 
-def deploy_on_new_champion(job):
-    """Each new ``champion_model`` materialization (a passed gate) starts ``job``, once."""
-    @dg.asset_sensor(asset_key=dg.AssetKey("champion_model"), job=job, name="deploy_new_champion",
+def deploy_on_new_champion(job, model: str):
+    """Each new ``<model>/champion_model`` materialization (a passed gate) starts ``job``, once."""
+    @dg.asset_sensor(asset_key=model_key(model, "champion_model"), job=job, name=job_name(model, "deploy_new_champion"),
                      default_status=dg.DefaultSensorStatus.RUNNING,
                      description="Roll out every new @champion with the deploy job (k8s_job_executor).")
     def deploy_new_champion(context, asset_event):  # no annotations: this module defers them
         version = asset_event.asset_materialization.metadata.get("champion_version")
         version = getattr(version, "value", version)
         return dg.RunRequest(run_key=f"champion-{version}-{asset_event.timestamp}",
-                             tags={"mlops/trigger": "new_champion", "mlops/champion_version": str(version)})
+                             tags={"mlops/trigger": "new_champion", MODEL_TAG: model, "mlops/champion_version": str(version)})
 
     return deploy_new_champion

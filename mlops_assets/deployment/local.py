@@ -15,6 +15,7 @@ def _revision_version(status: dict, revision: str) -> str | None:
 
 class LocalBackend(ServingBackend):
     kind = "local processes"
+    supports_online_gate = True
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -49,8 +50,13 @@ class LocalBackend(ServingBackend):
                 log(f"nothing serves yet: deploying v{version} as the stable revision")
                 servers.deploy(version)
                 return rollout_result(servers.endpoint, version, "first deployment", self._smoke("stable", config))
-            log(f"canary: v{version} at {config.canary_percent}% next to v{stable}")
-            servers.deploy_canary(version, percent=config.canary_percent)
+            mode = config.ab.mode
+            if mode == "shadow":
+                log(f"shadow: v{version} gets a copy of the traffic of v{stable}, answers nobody")
+            else:
+                log(f"canary: v{version} at {config.canary_percent}% next to v{stable}")
+            servers.deploy_canary(version, percent=config.canary_percent, mode="shadow" if mode == "shadow" else "canary",
+                                  gate=config.ab.policy() if mode != "off" else None)
         except ServingBackendError as exc:
             raise RolloutFailed(str(exc)) from exc
         try:
@@ -59,13 +65,43 @@ class LocalBackend(ServingBackend):
             log(f"canary v{version} failed its smoke test: rolling back to v{stable}")
             servers.rollback()
             raise
+        if config.ab.mode != "off":
+            log(f"canary v{version} passed its smoke test: kept in {config.ab.mode} mode until online_evaluation "
+                f"decides (min {config.ab.min_labelled_samples} labelled predictions each, alpha {config.ab.alpha:g}, "
+                f"margin {config.ab.margin:g}, at most {config.ab.max_wait_s:g} s)")
+            return rollout_result(servers.endpoint, version, f"{config.ab.mode} under online evaluation next to "
+                                                             f"v{stable}", smoke, revision="canary")
         log(f"canary v{version} passed ({smoke['requests']} requests, p99 {smoke.get('client_p99_ms')} ms): promoting")
         servers.promote()
         return rollout_result(servers.endpoint, version, f"promoted over v{stable}", smoke)
 
+    def online_gate(self) -> dict | None:
+        status = self._servers().status()
+        gate = status.get("online_gate") if status.get("running") else None
+        if not gate or _revision_version(status, "canary") is None:
+            return None
+        return {**gate, "mode": status.get("mode", "canary"), "canary_percent": status.get("canary_percent"),
+                "endpoint": status.get("endpoint")}
+
+    def promote_canary(self) -> dict:
+        status = self._servers().promote()
+        version = _revision_version(status, "stable")
+        return rollout_result(status.get("endpoint"), version, "promoted by the online A/B gate", {})
+
+    def rollback_canary(self) -> dict:
+        status = self._servers().rollback()
+        version = _revision_version(status, "stable")
+        return rollout_result(status.get("endpoint"), version, "canary rolled back by the online A/B gate", {})
+
     def health(self, champion: str | None) -> dict:
         status = self._servers().status()
         serving = _revision_version(status, "stable") if status.get("running") else None
+        gate = status.get("online_gate") if status.get("running") else None
+        if gate and champion is not None and _revision_version(status, "canary") == champion:
+            return {"healthy": True, "summary": f"serving v{serving}; @champion v{champion} is the "
+                                                f"{status.get('mode', 'canary')} under online A/B evaluation",
+                    "serving_version": serving, "champion": champion, "endpoint": status.get("endpoint"),
+                    "canary_percent": status.get("canary_percent")}
         healthy = serving is not None and serving == champion
         summary = (f"serving v{serving} at {status.get('endpoint')}" if healthy else
                    "endpoint not running" if not status.get("running") else

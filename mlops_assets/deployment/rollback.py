@@ -4,6 +4,8 @@ wherever an endpoint is serving. Both steps record what they changed as material
 
 import dagster as dg
 
+from mlops_assets.naming import MODEL_TAG, job_name, sibling_key
+
 from mlops_assets.registry.assets import RELEASE_POOL, record_champion
 from mlops_assets.registry.client import ModelRegistry, RegistryError
 
@@ -33,7 +35,7 @@ def serve_restored_champion(context: dg.OpExecutionContext, serving: dg.Resource
                                      f"(the old model may still serve): {exc}") from exc
     if serving_now is None:
         context.log.info("nothing is serving: the restored champion will be served by the next inference_service")
-        context.log_event(dg.AssetObservation(asset_key="inference_service", description="nothing is serving",
+        context.log_event(dg.AssetObservation(asset_key=sibling_key(context, "inference_service"), description="nothing is serving",
                                               metadata={"model_version": "none", "champion": rolled_back["champion"]}))
         return {"served": False}
     try:
@@ -44,6 +46,14 @@ def serve_restored_champion(context: dg.OpExecutionContext, serving: dg.Resource
     return {"served": True, **result}
 
 
-@dg.job(description="Move @champion back to @previous and serve it wherever an endpoint is running.")
-def rollback():
+@dg.graph(description="Move @champion back to @previous and serve it wherever an endpoint is running.")
+def rollback_graph():
     serve_restored_champion(rollback_champion())
+
+
+def rollback_job(model: str) -> dg.JobDefinition:
+    """``<model>_rollback``, tagged with its model (the ops' resources are that model's)."""
+    return rollback_graph.to_job(name=job_name(model, "rollback"), tags={MODEL_TAG: model})
+
+
+rollback = rollback_graph.to_job(name="rollback")  # unbound to a model: for one-model tests and scripts

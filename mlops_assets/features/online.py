@@ -1,15 +1,12 @@
 """Fresh online features, independent of retraining: the ``online_features`` asset runs Feast's
 incremental materialization (offline source -> online store, from the last materialized point up to
-now) on its own schedule, so serving reads the newest feature rows between retrains."""
+now) on its own schedule (``<model>_online_features_refresh``, mlops_assets.automation), so serving reads the newest feature rows between retrains."""
 
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from .store import FEATURE_VIEW, FeatureStoreClient
-
-REFRESH_CRON = "*/30 * * * *"
-
 
 @dg.asset(group_name="features", code_version="1", deps=["feature_store"],
           description="Online store refreshed: incremental Feast materialization up to now (own schedule).")
@@ -22,14 +19,3 @@ def online_features(context: dg.AssetExecutionContext,
     return dg.MaterializeResult(metadata={
         "materialization": mode, "materialized_until": end.isoformat(), "feature_view": FEATURE_VIEW,
         "ttl_days": view.ttl.total_seconds() / 86400})
-
-
-online_features_job = dg.define_asset_job("online_features_job", selection=dg.AssetSelection.assets(online_features))
-
-online_features_schedule = dg.ScheduleDefinition(
-    name="online_features_refresh", job=online_features_job, cron_schedule=REFRESH_CRON,
-    description="Incremental Feast materialization, independent of retraining.",
-    default_status=dg.DefaultScheduleStatus.RUNNING)
-
-JOBS = [online_features_job]
-SCHEDULES = [online_features_schedule]

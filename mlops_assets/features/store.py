@@ -34,7 +34,10 @@ def repo_config_dict(settings: Settings) -> dict:
               "MLOPS_FEAST_REGISTRY_URL": settings.feast_registry_url or ""}
     if "${MLOPS_FEAST_DIR}" in text:  # only the local files need a folder (in stack none is made)
         values["MLOPS_FEAST_DIR"] = str(settings.feast_dir)
-    return yaml.safe_load(string.Template(text).safe_substitute(values))
+    config = yaml.safe_load(string.Template(text).safe_substitute(values))
+    if settings.model_prefix:  # a model of MLOPS_MODELS_DIR: its own Feast project in shared registries
+        config["project"] = f"{config['project']}_{settings.model_name}"
+    return config
 
 
 def open_store(settings: Settings) -> "FeatureStore":

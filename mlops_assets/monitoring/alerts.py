@@ -20,7 +20,7 @@ from typing import Iterable
 import dagster as dg
 
 from mlops_assets import automation
-from mlops_assets.monitoring.stores import LocalMonitoring
+from mlops_assets.naming import MODEL_TAG, job_name, model_key
 
 RETRAIN_ALERTS = {"MLOpsDataDrift": "drift", "MLOpsModelAccuracyDrop": "performance",
                   "MLOpsModelAccuracyBelowFloor": "performance"}
@@ -53,13 +53,13 @@ def _tags(alert: dict, trigger: str) -> dict[str, str]:
             "mlops/alert_fingerprint": str(alert.get("fingerprint")), "mlops/reason": summary[:200]}
 
 
-def _answered_by(latest, instance: dg.DagsterInstance, name: str) -> str | None:
+def _answered_by(latest, instance: dg.DagsterInstance, name: str, model: str) -> str | None:
     """The gauge an alert fires on comes from the latest drift (or performance) report: a retrain
     run created after the traffic that report judged already answers it (the drift and performance
     sensors read the same reports)."""
     if latest is None:
         return None
-    key = automation.DRIFT_REPORT if RETRAIN_ALERTS[name] == "drift" else automation.MODEL_PERFORMANCE
+    key = model_key(model, automation.DRIFT_REPORT if RETRAIN_ALERTS[name] == "drift" else automation.MODEL_PERFORMANCE)
     records = instance.fetch_materializations(key, limit=1).records
     if records and latest.create_timestamp.timestamp() >= automation.judged_until(records[0]):
         return f"retrain run {latest.dagster_run.run_id[:8]}, started after the latest report, already answers it"
@@ -70,12 +70,16 @@ def build_alert_sensor(retrain_job, rollback_job, settings, cooldown_minutes: fl
                        model_name: str | None = None) -> dg.SensorDefinition:
     cooldown_minutes = settings.retrain_cooldown_minutes if cooldown_minutes is None else cooldown_minutes
 
-    @dg.sensor(name="alert_sensor", jobs=[retrain_job, rollback_job],
+    model = settings.model_name
+
+    @dg.sensor(name=job_name(model, "alert_sensor"), jobs=[retrain_job, rollback_job],
                default_status=automation.default_status(settings),
                minimum_interval_seconds=ALERT_SENSOR_INTERVAL_SECONDS,
                description="Act on Alertmanager's alerts: retrain on drift/decay, roll back a failing canary.")
-    def alert_sensor(context: dg.SensorEvaluationContext,
-                     monitoring: dg.ResourceParam[LocalMonitoring]) -> dg.SensorResult:
+    def alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from mlops_assets.resources import monitoring as store
+
+        monitoring = store(settings)  # this model's store (a sensor has no run to pick a model from)
         cursor = json.loads(context.cursor) if context.cursor else {}
         entries = monitoring.alerts(after=cursor.get("after", ""))
         if not entries:
@@ -90,10 +94,10 @@ def build_alert_sensor(retrain_job, rollback_job, settings, cooldown_minutes: fl
                 continue
             if name in ROLLBACK_ALERTS:
                 requests.append(dg.RunRequest(run_key=_run_key(alert), job_name=rollback_job.name,
-                                              tags=_tags(alert, f"alert:{name}")))
+                                              tags={**_tags(alert, f"alert:{name}"), MODEL_TAG: model}))
             elif name in RETRAIN_ALERTS:
-                latest = automation._latest_retrain_run(context.instance)
-                answered = _answered_by(latest, context.instance, name)
+                latest = automation.latest_retrain_run(context.instance, model)
+                answered = _answered_by(latest, context.instance, name, model)
                 if answered:
                     skipped.append(f"{name}: {answered}")
                     continue
@@ -106,7 +110,7 @@ def build_alert_sensor(retrain_job, rollback_job, settings, cooldown_minutes: fl
                     continue
                 cursor["last_trigger_time"] = time.time()
                 requests.append(dg.RunRequest(run_key=_run_key(alert), job_name=retrain_job.name,
-                                              tags=_tags(alert, f"alert:{name}"),
+                                              tags={**_tags(alert, f"alert:{name}"), MODEL_TAG: model},
                                               run_config=automation.retrain_run_config(settings)))
             else:
                 skipped.append(f"{name}: no action for this alert")

@@ -200,6 +200,11 @@ def model_performance(context: dg.AssetExecutionContext, config: PerformanceConf
         metadata["by_model_version"] = dg.MetadataValue.md(_markdown(pd.DataFrame(
             {v: classification_metrics(g, config.calibration_bins)
              for v, g in labelled.groupby(labelled["model_version"].astype(str))}).T))
+        # per revision (stable/canary): what online_evaluation compares, here over the whole window
+        metadata["by_revision"] = dg.MetadataValue.md(_markdown(pd.DataFrame(
+            {f"{r} (v{', v'.join(sorted(g['model_version'].astype(str).unique()))})":
+             classification_metrics(g, config.calibration_bins)
+             for r, g in labelled.groupby(labelled["revision"].fillna("unknown").astype(str))}).T))
         metadata["calibration"] = dg.MetadataValue.md(_markdown(reliability_table(
             labelled[LABEL_COLUMN].to_numpy(dtype=int), labelled["score"].to_numpy(dtype=float),
             config.calibration_bins)))

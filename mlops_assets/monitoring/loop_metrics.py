@@ -1,6 +1,6 @@
 """The loop gauges: drift and model-quality numbers in a Prometheus textfile.
 
-The drift and performance assets write ``settings.home / "metrics" / "loop.prom"``; the local
+The drift and performance assets write ``settings.model_home / "metrics" / "loop.prom"``; the local
 ingress appends :func:`read_loop_gauges_text` to its ``/metrics``. Each writer updates only the
 gauges it passes and keeps the others, so the drift asset does not erase the accuracy.
 """
@@ -28,7 +28,7 @@ _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{model_name="(?P<mode
 
 
 def loop_metrics_path(settings: Settings) -> Path:
-    return settings.home / "metrics" / "loop.prom"
+    return settings.model_home / "metrics" / "loop.prom"
 
 
 def write_loop_gauges(settings: Settings, **values: float | int | None) -> Path:

@@ -1,7 +1,13 @@
 """Read the serving's prediction log (JSON Lines, see docs/CONTRACTS.md) and join late labels.
 
 Bad input is counted, never fatal: a line cut short by a crash or holding invalid JSON is a
-``bad_line``; a label whose request id is in no log file is an ``unknown_label_id``.
+``bad_line``; a label whose request id is in no log file is an ``unknown_label_id``. The online A/B
+gate is stricter (:func:`unknown_label_ids`): a label delivered since its canary started that names
+no logged request is an error naming the label file and the ids.
+
+Predictions a shadow challenger made on a copy of the traffic (``"shadow": true``) are left out
+unless ``include_shadow`` asks for them (then as a boolean ``shadow`` column): nobody got those
+answers, so they are not the served model's performance or traffic.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ def _store(source):
     return source
 
 
-def read_prediction_log(source, start: datetime, end: datetime,
-                        with_labels: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+def read_prediction_log(source, start: datetime, end: datetime, with_labels: bool = True,
+                        include_shadow: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rows with ``start <= ts < end`` (UTC), features flattened to columns, labels joined.
 
     ``source`` is the ``monitoring`` resource (or settings, for the local files). Returns the frame
@@ -61,7 +67,12 @@ def read_prediction_log(source, start: datetime, end: datetime,
     records, bad_lines = _parse_records(in_window)
     log = _to_frame(records)
     parsed_ids = set(log["request_id"])
-    log = log[(log["ts"] >= start) & (log["ts"] < end)].reset_index(drop=True)
+    keep = (log["ts"] >= start) & (log["ts"] < end)
+    if not include_shadow:
+        keep &= ~log["shadow"]
+    log = log[keep].reset_index(drop=True)
+    if not include_shadow:
+        log = log.drop(columns="shadow")
     stats = {"rows": len(log), "bad_lines": bad_lines, "files": len(in_window),
              "labelled": 0, "unknown_label_ids": 0, "bad_label_lines": 0}
     if with_labels:
@@ -102,12 +113,14 @@ def _parse_line(line: str) -> dict | None:
     if not isinstance(obj.get("score"), (int, float)) or obj.get("prediction") not in (0, 1):
         return None
     record = {name: obj.get(name) for name in META_COLUMNS}
+    record["shadow"] = obj.get("shadow") is True
     record.update({k: v for k, v in obj["features"].items() if k not in record})
     return record
 
 
 def _to_frame(records: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records, columns=None if records else META_COLUMNS)
+    frame = pd.DataFrame.from_records(records, columns=None if records else [*META_COLUMNS, "shadow"])
+    frame["shadow"] = frame["shadow"].astype(bool)
     # Unparseable timestamps become NaT and fall outside every window.
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
     frame["score"] = frame["score"].astype(float)
@@ -168,3 +181,24 @@ def _request_ids_in(chunks: list[Iterable[str]], wanted: set[str]) -> set[str]:
         for line in lines:
             found.update(i for i in _REQUEST_ID.findall(line) if i in wanted)
     return found
+
+
+def unknown_label_ids(source, since: datetime) -> dict[str, list[str]]:
+    """Label sources (files, or sink objects) delivered since ``since`` that name request ids no
+    logged prediction has: ``{source name: [ids]}``, empty when every label joins."""
+    store = _store(source)
+    wanted: dict[str, set[str]] = {}
+    for name, lines in store.label_sources(_as_utc(since)):
+        for line in lines:
+            try:
+                obj = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("request_id"), str):
+                wanted.setdefault(name, set()).add(obj["request_id"])
+    if not wanted:
+        return {}
+    everything = set().union(*wanted.values())
+    inside, outside = store.log_chunks(_as_utc(since), pd.Timestamp.now(tz="UTC"))
+    known = _request_ids_in([*inside, *outside], everything)
+    return {name: sorted(ids - known) for name, ids in wanted.items() if ids - known}

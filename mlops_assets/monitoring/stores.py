@@ -57,6 +57,12 @@ class LocalMonitoring:
         for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
             yield from path.read_text(encoding="utf-8", errors="replace").splitlines()
 
+    def label_sources(self, since: datetime) -> list[tuple[str, Iterable[str]]]:
+        """(name, lines) of each label file written at or after ``since``."""
+        folder = self.settings.serving_dir / "labels"
+        paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        return [(str(path), _file_lines(path)) for path in paths if path.stat().st_mtime >= since.timestamp()]
+
     def deliver_labels(self, labels: Mapping[str, int]) -> str:
         """The feedback path: a JSON Lines file dropped where monitoring reads labels."""
         path = (self.settings.serving_dir / "labels" /
@@ -67,7 +73,7 @@ class LocalMonitoring:
 
     # --- outputs -----------------------------------------------------------------------------
     def write_partition(self, frame: pd.DataFrame, day: str, version: str) -> str:
-        path = self.settings.home / "prediction_log" / f"date={day}" / f"{version}.parquet"
+        path = self.settings.model_home / "prediction_log" / f"date={day}" / f"{version}.parquet"
         if not path.exists():  # same content, same file: re-materializing is a no-op on disk
             with atomic_path(path) as tmp:
                 frame.to_parquet(tmp, index=False)
@@ -114,6 +120,14 @@ class StackMonitoring(LocalMonitoring):
         from mlops_assets.monitoring.object_log import LABELS
 
         return self.objects.lines(self.objects.keys(LABELS))
+
+    def label_sources(self, since: datetime) -> list[tuple[str, Iterable[str]]]:
+        """(s3 key, lines) of each label object in the hours from ``since`` on."""
+        from mlops_assets.monitoring.object_log import LABELS, hours_around
+
+        low, high = hours_around(since, datetime.now(timezone.utc))
+        return [(f"s3://{self.settings.s3_bucket}/{key}", self.objects.lines([key]))
+                for key in self.objects.keys(LABELS, low, high)]
 
     def alerts(self, after: str = "") -> list[tuple[str, dict]]:
         from mlops_assets.monitoring.object_log import ALERTS

@@ -3,6 +3,8 @@
 
 import dagster as dg
 
+from mlops_assets.naming import sibling_key
+
 from .client import CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 
 GATES = ("beats_champion", "meets_floor")
@@ -82,6 +84,6 @@ def record_champion(context, registry: ModelRegistry, version: str, reason: str)
     """A `champion_model` materialization for an alias move made outside the asset (rollbacks), so
     the asset's page names the version that is champion now."""
     context.log_event(dg.AssetMaterialization(
-        asset_key="champion_model", description=reason,
+        asset_key=sibling_key(context, "champion_model"), description=reason,
         metadata={"champion_version": version, "previous_version": registry.version_of(PREVIOUS) or "none",
                   "reason": reason}))

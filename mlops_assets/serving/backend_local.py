@@ -60,9 +60,13 @@ class LocalServingBackend:
         """Serve ``model_version`` (default ``@champion``) as the stable revision at 100%."""
         return self._call("deploy", {"model_version": model_version, "as": "stable"})
 
-    def deploy_canary(self, model_version: str | None, percent: int = 20) -> dict:
-        """Serve ``model_version`` as the canary at ``percent``% (as stable if nothing serves yet)."""
-        return self._call("deploy", {"model_version": model_version, "percent": percent, "as": "canary"})
+    def deploy_canary(self, model_version: str | None, percent: int = 20, mode: str = "canary",
+                      gate: dict | None = None) -> dict:
+        """Serve ``model_version`` as the canary at ``percent``% (as stable if nothing serves yet);
+        ``mode="shadow"``: it gets a copy of every request and answers none. ``gate``: the online A/B
+        policy stored with the deployment for ``online_evaluation``."""
+        return self._call("deploy", {"model_version": model_version, "percent": percent, "as": "canary",
+                                     "mode": mode, "gate": gate})
 
     def set_canary_percent(self, percent: int) -> dict:
         return self._call("traffic", {"percent": percent})

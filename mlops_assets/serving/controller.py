@@ -77,6 +77,7 @@ class Controller:
         self.work_dir = settings.serving_dir / "run"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.started_at = _now()
+        self.online_gate: dict | None = None  # the A/B policy the canary is judged by, if any
         self._ready_event = asyncio.Event()
 
     # --- readiness -----------------------------------------------------------------------------
@@ -92,18 +93,25 @@ class Controller:
             pass
 
     # --- deployment changes ------------------------------------------------------------------
-    async def deploy(self, model_version: str | None, percent: int, as_canary: bool) -> dict:
+    async def deploy(self, model_version: str | None, percent: int, as_canary: bool, mode: str = "canary",
+                     gate: dict | None = None) -> dict:
+        """``mode="shadow"``: the new revision gets copies of the traffic, never answers a client.
+        ``gate``: the online A/B policy the canary is judged by, kept in the state for the judge."""
         async with self.lock:
             router = self.router
             if as_canary and router.stable is not None:
                 new = await self._start_revision("canary", model_version)
                 old_canary = router.canary
-                router.set(router.stable, new, percent)
+                router.set(router.stable, new, percent, mode)
+                # The window starts when the canary gets traffic (it was started and became ready before).
+                self.online_gate = {**gate, "canary_version": new.model_version, "started_at": _now(),
+                                    "stable_version": router.stable.model_version} if gate else None
                 await self._retire(old_canary)
             else:
                 new = await self._start_revision("stable", model_version)
                 old = [router.stable, router.canary]
                 router.set(new, None, 0)
+                self.online_gate = None
                 for revision in old:
                     await self._retire(revision)
             self.write_state()
@@ -113,7 +121,7 @@ class Controller:
         async with self.lock:
             if self.router.canary is None:
                 raise ControllerError("there is no canary to send traffic to")
-            self.router.set(self.router.stable, self.router.canary, percent)
+            self.router.set(self.router.stable, self.router.canary, percent, self.router.mode)
             self.write_state()
             return self.state()
 
@@ -124,6 +132,7 @@ class Controller:
             if canary is None:
                 raise ControllerError("there is no canary to promote")
             self.router.set(canary, None, 0)
+            self.online_gate = None
             await self._retire(old)
             self.write_state()
             return self.state()
@@ -134,6 +143,7 @@ class Controller:
             if canary is None:
                 raise ControllerError("there is no canary to roll back")
             self.router.set(self.router.stable, None, 0)
+            self.online_gate = None
             await self._retire(canary)
             self.write_state()
             return self.state()
@@ -295,7 +305,8 @@ class Controller:
                 "endpoint": f"http://127.0.0.1:{self.port}",
                 "ingress": {"pid": os.getpid(), "port": self.port, "started_at": self.started_at},
                 "replicas_per_revision": self.replicas, "hold_seconds": self.hold_s,
-                "canary_percent": self.router.canary_percent,
+                "canary_percent": self.router.canary_percent, "mode": self.router.mode,
+                "online_gate": self.online_gate,
                 "revisions": {"stable": describe(self.router.stable), "canary": describe(self.router.canary)},
                 "updated_at": _now()}
 

@@ -2,9 +2,16 @@
 :class:`~mlops_assets.serving.controller.Controller`) the supervisor of the serving processes behind
 it: one long-lived process in its own session, so serving outlives the run that deployed it.
 
-- Traffic split like KServe's ``canaryTrafficPercent``: a deterministic weighted round robin, so the
-  canary gets exactly ``percent`` of every 100 requests. Weights change live; requests already sent
-  to a revision finish there, and a revision is stopped only once its in-flight count is zero.
+- Traffic split like KServe's ``canaryTrafficPercent``. A V1 request whose first instance names an
+  entity (``{"instances": [{"customer_id": 7, ...}]}``) is routed by a stable hash of that id, so a
+  customer sees one revision (sticky, for the online A/B gate); other requests get a deterministic
+  weighted round robin, so the canary gets exactly ``percent`` of every 100 of them. Weights change
+  live; requests already sent to a revision finish there, and a revision is stopped only once its
+  in-flight count is zero.
+- Shadow mode: the client is answered by stable only; once that answer is sent, a copy of each
+  ``:predict`` request goes to the challenger in the background, marked with the shadow header and
+  the same request id (so labels join both). The challenger's errors or slowness never reach the
+  client; at most ``SHADOW_MAX_INFLIGHT`` copies are in flight, further ones are dropped and counted.
 - Within a revision, requests go round robin to its *ready* replicas. Inference is idempotent, so a
   request whose replica fails (connection refused or reset, or 503: its predictor is down) is retried
   on another ready replica of the same revision. While a revision has no ready replica, requests
@@ -17,17 +24,19 @@ it: one long-lived process in its own session, so serving outlives the run that 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import orjson
 
 from mlops_assets.serving.controller import Controller, ControllerError, Revision
 from mlops_assets.serving.metrics import exposition, ingress_series
-from mlops_assets.serving.routing import REVISION_HEADER
+from mlops_assets.serving.routing import REVISION_HEADER, SHADOW_HEADER
 from mlops_assets.serving.server import (
     ServingError,
     check_binary_header,
@@ -40,9 +49,10 @@ from mlops_assets.settings import get_settings
 log = logging.getLogger("mlops.serving.ingress")
 
 HOP_HEADERS = {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
-               b"te", b"upgrade", b"proxy-connection", REVISION_HEADER.encode()}
+               b"te", b"upgrade", b"proxy-connection", REVISION_HEADER.encode(), SHADOW_HEADER.encode()}
 DROPPED_RESPONSE_HEADERS = {b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"}
 HOLD_RECHECK_S = 0.25
+SHADOW_MAX_INFLIGHT = 64
 
 __all__ = ["IngressApp", "ControllerError", "run_ingress"]
 
@@ -57,6 +67,9 @@ class IngressApp:
         # The proxy hop's pool (aiohttp: a third of httpx's CPU per request, see serving/upstream.py);
         # the controller keeps its httpx client for readiness probes.
         self.upstream = Upstream(timeout_s=60.0, connect_timeout_s=2.0)
+        self.entity = controller.settings.dataset_spec().entity
+        self._shadows: set[asyncio.Task] = set()
+        self.shadow_dropped = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -109,13 +122,18 @@ class IngressApp:
     async def _proxy(self, scope, receive, send) -> None:
         body = await read_body(scope, receive, self.controller.max_request_bytes)
         check_binary_header(scope, body)
-        revision = self.controller.router.route()
+        router = self.controller.router
+        revision = router.route(self._entity_of(scope, body) if router.split else None)
         if revision is None:
             raise ServingError("no revision is serving", status=503)
+        shadow = router.shadow() if scope["path"].endswith(":predict") else None
         url_path = scope["raw_path"].decode("latin-1") + (
             ("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP_HEADERS]
-        headers.append((REVISION_HEADER, revision.name))
+        if shadow is not None and not any(k == "x-request-id" for k, _ in headers):
+            headers.append(("x-request-id", uuid.uuid4().hex))  # one id for both answers
+        forwarded = headers
+        headers = [*forwarded, (REVISION_HEADER, revision.name)]
         revision.inflight += 1
         try:
             response = await self._send_to_ready_replica(revision, scope["method"], url_path, headers, body)
@@ -126,6 +144,46 @@ class IngressApp:
         out_headers.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": response.body})
+        if shadow is not None and response.status == 200:
+            self._send_shadow_copy(shadow, scope["method"], url_path, forwarded, body)
+
+    def _entity_of(self, scope, body: bytes) -> int | None:
+        """The entity id of a V1 request's first instance, if it names one (else None: round robin)."""
+        if not scope["path"].endswith((":predict", ":explain")):
+            return None
+        try:
+            instances = orjson.loads(body).get("instances")
+            value = instances[0].get(self.entity)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _send_shadow_copy(self, revision: Revision, method: str, url_path: str, headers: list,
+                          body: bytes) -> None:
+        """Fire and forget: the challenger's answer is only logged (by its transformer)."""
+        if len(self._shadows) >= SHADOW_MAX_INFLIGHT:
+            self.shadow_dropped += 1
+            return
+        headers = [*headers, (REVISION_HEADER, revision.name), (SHADOW_HEADER, "1")]
+        task = asyncio.get_running_loop().create_task(self._shadow(revision, method, url_path, headers, body))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, revision: Revision, method: str, url_path: str, headers: list, body: bytes) -> None:
+        revision.inflight += 1
+        try:
+            replicas = revision.ready_replicas()
+            if not replicas:
+                self._count("shadow", 503)
+                return
+            response = await self.controller.client.request(
+                method, replicas[0].transformer.url + url_path, content=body, headers=headers)
+            self._count("shadow", response.status_code)
+        except Exception as exc:  # the challenger's failure is never the client's
+            self._count("shadow", 502)
+            log.warning("shadow copy to %s failed: %s", revision.name, type(exc).__name__)
+        finally:
+            revision.inflight -= 1
 
     async def _send_to_ready_replica(self, revision: Revision, method: str, url_path: str, headers: list,
                                      body: bytes) -> UpstreamResponse:
@@ -178,8 +236,14 @@ class IngressApp:
         if scope["method"] != "POST":
             raise ServingError(f"unknown admin call {scope['method']} {scope['path']}", 404)
         if action == "deploy":
+            mode = params.get("mode", "canary")
+            if mode not in ("canary", "shadow"):
+                raise ServingError(f"mode must be 'canary' or 'shadow', got {mode!r}", 400)
+            gate = params.get("gate")
+            if gate is not None and not isinstance(gate, dict):
+                raise ServingError("gate must be a JSON object (the A/B policy)", 400)
             result = await controller.deploy(params.get("model_version"), _percent(params.get("percent", 20)),
-                                             as_canary=params.get("as", "canary") == "canary")
+                                             as_canary=params.get("as", "canary") == "canary", mode=mode, gate=gate)
         elif action == "traffic":
             result = await controller.set_traffic(_percent(params.get("percent")))
         elif action == "promote":
@@ -210,7 +274,7 @@ def run_ingress(args) -> None:
     configure_logging()
     settings = get_settings()
     controller = Controller(settings, args.model_name, args.http_port, args.max_request_bytes)
-    app = IngressApp(controller, settings.home / "metrics" / "loop.prom")
+    app = IngressApp(controller, settings.model_home / "metrics" / "loop.prom")
     controller.write_state()
     config = uvicorn.Config(app, host=args.host, port=args.http_port, log_config=None, access_log=False,
                             loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="on", timeout_keep_alive=65,

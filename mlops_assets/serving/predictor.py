@@ -119,6 +119,8 @@ def compile_linear_scorer(pipeline, schema: FeatureSchema) -> Callable[[dict], n
             if transformer == "drop":
                 continue
             return None
+        if len(columns) == 0:  # e.g. the categorical branch of a numeric-only dataset: never fitted
+            continue
         steps = [step for _, step in transformer.steps] if isinstance(transformer, Pipeline) else [transformer]
         # A median imputer is the identity here: validation rejects missing values.
         steps = [step for step in steps if not isinstance(step, SimpleImputer)]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_assets.serving.metrics import ingress_series
+from mlops_assets.serving.routing import sticky_is_canary
 
 
 def free_port() -> int:
@@ -88,27 +89,45 @@ class Revision:
 
 
 class Router:
-    """Weighted round robin between stable and canary, like KServe's ``canaryTrafficPercent``."""
+    """Traffic between stable and canary, like KServe's ``canaryTrafficPercent``.
+
+    ``mode="canary"``: a request naming an entity goes to the revision its entity's hash bucket picks
+    (sticky: one customer, one revision, see :mod:`~mlops_assets.serving.routing`); a request without
+    one gets a deterministic weighted round robin. ``mode="shadow"``: every client request goes to
+    stable, and :meth:`shadow` names the challenger that gets a copy.
+    """
 
     def __init__(self):
         self.stable: Revision | None = None
         self.canary: Revision | None = None
         self.canary_percent = 0
+        self.mode = "canary"
         self._credit = 0
 
-    def set(self, stable: Revision | None, canary: Revision | None, percent: int) -> None:
+    def set(self, stable: Revision | None, canary: Revision | None, percent: int, mode: str = "canary") -> None:
         self.stable, self.canary = stable, canary
-        self.canary_percent = percent if canary is not None else 0
+        self.mode = mode if canary is not None else "canary"
+        self.canary_percent = percent if canary is not None and self.mode == "canary" else 0
         if stable is not None and stable.name != "stable":
             stable.name = "stable"
         ingress_series()[1].set(self.canary_percent)
 
-    def route(self) -> Revision | None:
+    @property
+    def split(self) -> bool:
+        """Whether requests are divided between two revisions (the entity decides, when there is one)."""
+        return self.canary is not None and self.stable is not None and 0 < self.canary_percent < 100
+
+    def shadow(self) -> Revision | None:
+        return self.canary if self.mode == "shadow" and self.stable is not None else None
+
+    def route(self, entity_id: int | None = None) -> Revision | None:
         stable, canary = self.stable, self.canary
         if canary is None or self.canary_percent <= 0:
             return stable or canary
         if stable is None or self.canary_percent >= 100:
             return canary
+        if entity_id is not None:
+            return canary if sticky_is_canary(entity_id, self.canary_percent) else stable
         self._credit += self.canary_percent
         if self._credit >= 100:
             self._credit -= 100

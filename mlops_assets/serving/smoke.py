@@ -58,6 +58,9 @@ def default_entity_ids(settings: Settings, n: int = 20) -> list[int]:
     return ids.drop_duplicates().head(n).astype(int).tolist()
 
 
+WARM_UP_REQUESTS = 5
+
+
 def run_smoke_test(settings: Settings | None = None, *, revision: str = "canary",
                    entity_ids: Sequence[int] | None = None, n_requests: int = 50,
                    max_error_rate: float = 0.0, max_p99_ms: float = 250.0) -> dict:
@@ -71,6 +74,10 @@ def run_smoke_test(settings: Settings | None = None, *, revision: str = "canary"
     ids = list(entity_ids) if entity_ids else default_entity_ids(settings)
     entity = settings.dataset_spec().entity
     server_labels = {"revision": revision, "role": "transformer"}
+    # a few requests first, not judged: a process's first answers pay one-off costs (lazy imports,
+    # the first online-store read, connection set-up) that say nothing about how it serves
+    send_checked_requests(f"{url}/v1/models/{state['model_name']}:predict", revision,
+                          [{entity: ids[i % len(ids)]} for i in range(WARM_UP_REQUESTS)], expected_version)
     before = scrape(url)
     answers = send_checked_requests(f"{url}/v1/models/{state['model_name']}:predict", revision,
                                     [{entity: ids[i % len(ids)]} for i in range(n_requests)], expected_version)

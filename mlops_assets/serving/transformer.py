@@ -5,7 +5,9 @@ from the Feast online store) or complete feature rows; validates them, forwards 
 the predictor over HTTP (``--predictor_host``), and on the way back attaches the model version and
 revision and appends each prediction to the prediction log. The predictor is called through the
 pooled aiohttp client of :mod:`~mlops_assets.serving.upstream` rather than KServe's httpx-based
-``InferenceRESTClient``: the same requests, at a third of the CPU.
+``InferenceRESTClient``: the same requests, at a third of the CPU. The ingress's copy of a request for
+a shadow challenger (header ``x-mlops-shadow: 1``) is logged with ``"shadow": true`` and the client
+request's id; nobody reads its answer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from kserve.protocol.infer_type import InferRequest
 from mlops_assets.features.store import FeatureStoreClient
 from mlops_assets.serving.metrics import ServerMetrics
 from mlops_assets.serving.prediction_log import PredictionSink
-from mlops_assets.serving.routing import REVISION_HEADER, request_revision
+from mlops_assets.serving.routing import REVISION_HEADER, is_shadow, request_revision
 from mlops_assets.serving.upstream import Upstream, UpstreamError, UpstreamResponse
 from mlops_assets.serving.validation import (
     FeatureSchema,
@@ -51,6 +53,7 @@ class PendingRequest:
     revision: str
     entity_ids: list[int | None]
     rows: list[dict[str, Any]]
+    shadow: bool = False
 
 
 _pending: contextvars.ContextVar[PendingRequest] = contextvars.ContextVar("pending_request")
@@ -119,7 +122,7 @@ class ChurnTransformer(Model):
             entity_ids = [self._optional_entity_id(row, i) for i, row in enumerate(instances)]
             rows = [check_feature_row(row, i, self.schema, optional=(self.spec.entity,))
                     for i, row in enumerate(instances)]
-        _pending.set(PendingRequest(request_id, revision, entity_ids, rows))
+        _pending.set(PendingRequest(request_id, revision, entity_ids, rows, is_shadow(headers)))
         return {"instances": rows}
 
     def _is_entity_request(self, instances: list) -> bool:
@@ -225,9 +228,11 @@ class ChurnTransformer(Model):
     def _log_predictions(self, pending: PendingRequest, request_ids: list[str], scores: list[float],
                          classes: list[int], version: str) -> None:
         ts = datetime.now(timezone.utc).isoformat()
+        extra = {"shadow": True} if pending.shadow else {}
         self.prediction_log.append(
             {"request_id": request_id, "ts": ts, "entity_id": entity_id, "features": row,
-             "score": score, "prediction": predicted, "model_version": version, "revision": pending.revision}
+             "score": score, "prediction": predicted, "model_version": version, "revision": pending.revision,
+             **extra}
             for request_id, entity_id, row, score, predicted
             in zip(request_ids, pending.entity_ids, pending.rows, scores, classes))
 

@@ -176,12 +176,22 @@ def candidate_model(context: dg.AssetExecutionContext, config: TrainingConfig,
     })
 
 
-@dg.asset_check(asset=candidate_model, blocking=True, additional_ins={"holdout_set": dg.AssetIn()},
-                description="Candidate vs champion on the same holdout: a paired bootstrap interval of the "
-                            "ROC AUC difference decides (superiority, non-inferiority or plain).")
-def beats_champion(context: dg.AssetCheckExecutionContext, settings: dg.ResourceParam[Settings],
-                   registry: dg.ResourceParam[ModelRegistry], versioner: dg.ResourceParam[DataVersioner],
-                   candidate_model: dict, holdout_set: pd.DataFrame) -> dg.AssetCheckResult:
+def beats_champion_check(prefix: str | None = None) -> dg.AssetChecksDefinition:
+    """The check on ``<prefix>/candidate_model`` reading ``<prefix>/holdout_set`` (the asset factory
+    builds one per model: a prefix given when loading checks does not reach ``additional_ins``)."""
+    def key(name: str) -> dg.AssetKey:
+        return dg.AssetKey([prefix, name] if prefix else [name])
+
+    return dg.asset_check(
+        asset=key("candidate_model"), name="beats_champion", blocking=True,
+        additional_ins={"holdout_set": dg.AssetIn(key=key("holdout_set"))},
+        description="Candidate vs champion on the same holdout: a paired bootstrap interval of the "
+                    "ROC AUC difference decides (superiority, non-inferiority or plain).")(_beats_champion)
+
+
+def _beats_champion(context: dg.AssetCheckExecutionContext, settings: dg.ResourceParam[Settings],
+                    registry: dg.ResourceParam[ModelRegistry], versioner: dg.ResourceParam[DataVersioner],
+                    candidate_model: dict, holdout_set: pd.DataFrame) -> dg.AssetCheckResult:
     spec = settings.dataset_spec()
     plan = GatePlan(**candidate_model["gate"])
     candidate, holdout_md5 = candidate_model["version"], holdout_set.attrs.get("holdout_md5", "unknown")
@@ -214,6 +224,9 @@ def beats_champion(context: dg.AssetCheckExecutionContext, settings: dg.Resource
         "margin": result.difference, "ci_low": result.low, "ci_high": result.high, "level": plan.level,
         "resamples": plan.resamples, "tolerance": plan.tolerance, "non_inferiority_margin": plan.margin,
         **{k.replace("gate.", ""): float(v) for k, v in golden.items()}})
+
+
+beats_champion = beats_champion_check()
 
 
 def _verdict(result, plan: GatePlan) -> str:

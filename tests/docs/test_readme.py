@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import restore_environment
 import yaml
 
 from mlops_assets.settings import PROJECT_ROOT
@@ -40,6 +42,7 @@ NOT_RUN = {
 SMALLER = [
     (r"--requests 500 --rate 50", "--requests 40 --rate 20"),
     (r"--sizes [0-9,]+", "--sizes 2000"),
+    (r"(benchmarks/catalog_benchmark\.py)", r"\1 --repeat 1"),
     (r"(benchmarks/gate_benchmark\.py)", r"\1 --retrains 2 --rows 1500 --resamples 100"),
     (r"(benchmarks/serving_benchmark\.py)", r"\1 --requests 200 --seconds 2 --replicas 1 --home $MLOPS_HOME"),
 ]
@@ -93,11 +96,7 @@ def served(tmp_path_factory):
         yield world, state["endpoint"]
     finally:
         backend.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environment(saved)
 
 
 def test_every_readme_shell_line_runs_on_the_local_profile(served, tmp_path):

@@ -28,7 +28,7 @@ from mlops_assets.definitions import defs
 res = defs.resources
 io, settings, registry, versioner = res["io_manager"], res["settings"], res["registry"], res["versioner"]
 jobs = {job.name: job for job in defs.resolve_all_job_defs()}  # resolves every job against the resources
-deploy = jobs["deploy_job"]
+deploy = jobs["churn_deploy_job"]
 print(json.dumps({
     "io_manager": [type(io).__name__, io.s3_bucket, io.s3_prefix, io.s3_endpoint_url],
     "dvc_remote": versioner.remote,
@@ -41,7 +41,7 @@ print(json.dumps({
     "deploy_job": {"executor": deploy.executor_def.name,
                    "assets": sorted(k.to_user_string() for k in deploy.asset_layer.executable_asset_keys)},
     "jobs": sorted(jobs),
-    "retrain_assets": sorted(k.to_user_string() for k in jobs["retrain_job"].asset_layer.executable_asset_keys),
+    "retrain_assets": sorted(k.to_user_string() for k in jobs["churn_retrain_job"].asset_layer.executable_asset_keys),
     "sensors": sorted(f"{s.name} -> {s.job_name}" for s in defs.sensors),
 }))
 """
@@ -69,11 +69,11 @@ def test_k8s_definitions_load_with_every_resource_resolved_from_the_environment(
     assert probe["namespace"] == "ml-prod" and probe["serving"] == "KServeBackend"
     assert probe["images"] == [CODE_IMAGE, SERVING_IMAGE]
     assert (probe["k8s_api"], probe["deploy_mode"], probe["ready_timeout_s"]) == ("https://10.0.0.1:443", "apply", 300.0)
-    assert probe["deploy_job"] == {"executor": deploy.DEPLOY_EXECUTOR_NAME, "assets": ["inference_service"]}
-    assert "deploy_job" in probe["jobs"] and "retrain_job" in probe["jobs"]
+    assert probe["deploy_job"] == {"executor": deploy.DEPLOY_EXECUTOR_NAME, "assets": ["churn/inference_service"]}
+    assert "churn_deploy_job" in probe["jobs"] and "churn_retrain_job" in probe["jobs"]
     # the rollout leaves the retrain run: a sensor starts the deploy job for each new champion
-    assert "inference_service" not in probe["retrain_assets"] and "champion_model" in probe["retrain_assets"]
-    assert "deploy_new_champion -> deploy_job" in probe["sensors"]
+    assert "churn/inference_service" not in probe["retrain_assets"] and "churn/champion_model" in probe["retrain_assets"]
+    assert "churn_deploy_new_champion -> churn_deploy_job" in probe["sensors"]
 
 
 @pytest.mark.integration
@@ -147,10 +147,10 @@ def test_deploy_job_runs_on_k8s_job_executor_with_image_service_account_namespac
     from mlops_assets.definitions import build_definitions
 
     settings = get_settings(k8s_env(tmp_path))
-    job = build_definitions(settings).resolve_job_def("deploy_job")
+    job = build_definitions(settings).resolve_job_def("churn_deploy_job")
     assert job.executor_def.name == deploy.DEPLOY_EXECUTOR_NAME
     assert job.executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"inference_service"}
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"churn/inference_service"}
     assert [c.name for c in job.asset_layer.asset_graph.asset_check_keys] == ["serving_healthy"]
 
     # the executor config Dagster resolves for a run of this job is the one the step's Job is built from
@@ -174,8 +174,9 @@ def test_local_profile_has_no_deploy_job_and_rolls_out_in_the_retrain_run():
     from mlops_assets.automation import build_automation, retrain_assets
 
     automation = build_automation(get_settings({}))
-    assert sorted(j.name for j in automation.jobs) == ["drift_check_job", "retrain_job"]
-    assert "deploy_new_champion" not in {s.name for s in automation.sensors}
+    assert sorted(j.name for j in automation.jobs) == ["churn_drift_check_job", "churn_online_features_job",
+                                                       "churn_retrain_job"]
+    assert "churn_deploy_new_champion" not in {s.name for s in automation.sensors}
     assert "inference_service" in retrain_assets(get_settings({}))
 
 
@@ -185,21 +186,21 @@ def test_definitions_follow_the_settings_given_not_the_environment(tmp_path, mon
 
     monkeypatch.setenv("MLOPS_PROFILE", "local")
     defs = build_definitions(get_settings(k8s_env(tmp_path, MLOPS_DRIFT_THRESHOLD="0.45")))
-    assert "deploy_job" in {j.name for j in defs.resolve_all_job_defs()}
+    assert "churn_deploy_job" in {j.name for j in defs.resolve_all_job_defs()}
     sensors = {s.name: s for s in defs.sensors}
-    assert "0.45" in sensors["drift_sensor"].description
-    assert sensors["drift_sensor"].default_status == dg.DefaultSensorStatus.STOPPED  # k8s: an operator starts it
+    assert "0.45" in sensors["churn_drift_sensor"].description
+    assert sensors["churn_drift_sensor"].default_status == dg.DefaultSensorStatus.STOPPED  # k8s: an operator starts it
 
 
 def test_a_new_champion_starts_the_deploy_job_once(tmp_path):
     settings = get_settings(k8s_env(tmp_path / "home"))
-    sensor = deploy.deploy_on_new_champion(deploy.deploy_job(settings))
-    assert sensor.job_name == "deploy_job"
+    sensor = deploy.deploy_on_new_champion(deploy.deploy_job(settings), "churn")
+    assert sensor.job_name == "churn_deploy_job"
     with dg.DagsterInstance.ephemeral() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization("champion_model", metadata={"champion_version": "7"}))
+        instance.report_runless_asset_event(dg.AssetMaterialization(["churn", "champion_model"], metadata={"champion_version": "7"}))
         first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
         [request] = first.run_requests
         assert {k: v for k, v in request.tags.items() if k.startswith("mlops/")} == {
-            "mlops/trigger": "new_champion", "mlops/champion_version": "7"}
+            "mlops/trigger": "new_champion", "mlops/champion_version": "7", "mlops/model": "churn"}
         again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
         assert again.run_requests == []

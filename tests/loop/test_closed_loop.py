@@ -50,8 +50,8 @@ def test_drift_triggered_a_sensor_run_that_promoted_and_serves_the_new_champion(
         assert float(won["tags"]["mlops/drift_share"]) >= settings.drift_threshold
     instance = open_instance(settings)
     run = instance.get_run_by_id(won["run_id"])
-    assert run.tags.get("dagster/sensor_name") == f"{trigger}_sensor", "the run was not launched by a sensor"
-    retrains = instance.get_run_records(dg.RunsFilter(job_name="retrain_job"))
+    assert run.tags.get("dagster/sensor_name") == f"churn_{trigger}_sensor", "the run was not launched by a sensor"
+    retrains = instance.get_run_records(dg.RunsFilter(job_name="churn_retrain_job"))
     assert len(retrains) == 2, "one retrain per injected drift, not one per sensor"
     registry = ModelRegistry(settings)
     assert won["champion"] != summary["first_champion"]
@@ -87,7 +87,7 @@ def test_losing_candidate_is_gated_and_the_champion_keeps_serving(demo):
 def test_monitoring_assets_saw_the_drift(demo):
     settings, _, _ = demo
     instance = open_instance(settings)
-    records = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=10).records
+    records = instance.fetch_materializations(dg.AssetKey(["churn", "drift_report"]), limit=10).records
     shares = [r.asset_materialization.metadata["drift_share"].value for r in records]
     assert max(shares) >= settings.drift_threshold and min(shares) < settings.drift_threshold
     html = Path(records[0].asset_materialization.metadata["report"].value)

@@ -69,6 +69,7 @@ def test_model_performance_reports_metrics_and_passes_near_the_reference(setting
     assert 0.5 < metadata["roc_auc"] <= 1 and 0 < metadata["brier"] < 0.25
     assert metadata["reference_model_version"] == "1" and metadata["decayed"] is False
     assert "| 1 |" in metadata["by_model_version"] and "observed_rate" in metadata["calibration"]
+    assert "stable (v" in metadata["by_revision"]
     assert _check(result).passed is True
     gauges = read_loop_gauges(settings)
     assert gauges["accuracy"] == pytest.approx(metadata["accuracy"])

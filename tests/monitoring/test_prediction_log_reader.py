@@ -69,3 +69,25 @@ def test_log_files_come_in_write_order_for_writer_and_reader(tmp_path):
         "predictions-2026112708.jsonl", "predictions-2026112709.jsonl", "predictions-2026112709-1.jsonl",
         "predictions-2026112709-2.jsonl", "predictions-2026112709-10.jsonl"]
     assert ordered[1][1].isoformat() == "2026-11-27T09:00:00+00:00"
+
+
+def test_shadow_predictions_are_left_out_unless_asked_for(settings):
+    records = log_records(production_window(20, seed=5, scenario="baseline"))
+    shadows = [{**r, "revision": "canary", "model_version": "2", "shadow": True} for r in records]
+    write_log(settings, records + shadows)
+    write_labels(settings, {"r0": 1})
+    served, _ = read_prediction_log(settings, START, WINDOW_END)
+    assert len(served) == 20 and "shadow" not in served.columns and set(served["model_version"]) == {"1"}
+    both, _ = read_prediction_log(settings, START, WINDOW_END, include_shadow=True)
+    assert len(both) == 40 and both["shadow"].sum() == 20
+    assert both.loc[both["request_id"] == "r0", "label"].tolist() == [1, 1]  # one label, both answers
+
+
+def test_unknown_label_ids_name_the_label_file(settings):
+    from mlops_assets.monitoring.prediction_log import unknown_label_ids
+
+    write_log(settings, log_records(production_window(10, seed=6, scenario="baseline")))
+    good = write_labels(settings, {"r0": 1, "r1": 0}, name="labels-good.jsonl")
+    bad = write_labels(settings, {"r2": 1, "ghost-7": 0}, name="labels-bad.jsonl")
+    assert unknown_label_ids(settings, WINDOW_END - timedelta(days=30)) == {str(bad): ["ghost-7"]}
+    assert str(good) not in unknown_label_ids(settings, WINDOW_END - timedelta(days=30))

@@ -30,8 +30,9 @@ def instance():
 
 def report(instance, asset: str = "drift_report", **metadata) -> int:
     """Record a materialization with ``metadata``; returns its storage id (the report id)."""
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, metadata=metadata))
-    return instance.fetch_materializations(dg.AssetKey(asset), limit=1).records[0].storage_id
+    key = dg.AssetKey(["churn", asset])  # the default model's copy of the graph
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+    return instance.fetch_materializations(key, limit=1).records[0].storage_id
 
 
 def drift(share: float, status: str = "ok", **extra) -> dict:
@@ -48,7 +49,7 @@ def test_drift_at_threshold_requests_one_tagged_retrain(instance):
     result = tick(build_drift_sensor(threshold=0.3), instance)
     [request] = result.run_requests
     assert request.run_key == str(report_id)
-    assert request.tags["mlops/trigger"] == "drift"
+    assert request.tags["mlops/trigger"] == "drift" and request.tags["mlops/model"] == "churn"
     assert request.tags["mlops/drift_report_id"] == str(report_id)
     assert request.tags["mlops/drift_share"] == "0.300"
     cursor = json.loads(result.cursor)
@@ -96,7 +97,7 @@ def test_insufficient_data_never_triggers_even_with_a_high_share(instance):
 
 def test_no_report_yet_is_a_skip(instance):
     result = tick(build_drift_sensor(), instance)
-    assert result.skip_reason.skip_message == "no drift_report materialization yet" and result.cursor is None
+    assert result.skip_reason.skip_message == "no churn/drift_report materialization yet" and result.cursor is None
 
 
 def test_performance_sensor_triggers_on_decay_only(instance):
@@ -114,14 +115,16 @@ def test_performance_sensor_triggers_on_decay_only(instance):
 
 
 def test_jobs_sensors_and_schedules_load_against_the_graph():
-    stubs = [dg.asset(name=key)(lambda: None)
-             for key in (*RETRAIN_ASSETS, "drift_report", "model_performance")]
+    stubs = [dg.asset(name=key, key_prefix="churn")(lambda: None)
+             for key in (*RETRAIN_ASSETS, "drift_report", "model_performance", "online_features")]
     built = build_automation(SETTINGS)
     defs = dg.Definitions(assets=stubs, jobs=built.jobs, sensors=built.sensors, schedules=built.schedules)
     dg.Definitions.validate_loadable(defs)
-    retrain = defs.resolve_job_def("retrain_job")
-    assert {k.to_user_string() for k in retrain.asset_layer.executable_asset_keys} == set(RETRAIN_ASSETS)
-    assert {s.cron_schedule for s in built.schedules} == {"0 * * * *", "0 3 * * 1"}
+    retrain = defs.resolve_job_def("churn_retrain_job")
+    assert {k.to_user_string() for k in retrain.asset_layer.executable_asset_keys} == {
+        f"churn/{name}" for name in RETRAIN_ASSETS}
+    assert retrain.tags["mlops/model"] == "churn"
+    assert {s.cron_schedule for s in built.schedules} == {"0 * * * *", "0 3 * * 1", "*/30 * * * *"}
     # the local profile (the default) runs the loop without anyone switching it on
     assert automation.default_status(SETTINGS) == dg.DefaultSensorStatus.RUNNING
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in built.sensors)
@@ -149,7 +152,7 @@ def _record_retrain_run(instance) -> str:
     """A retrain_job run in the instance, as a sensor, schedule or person would have launched it."""
     from mlops_assets.definitions import defs
 
-    job = defs.resolve_job_def("retrain_job")
+    job = defs.resolve_job_def("churn_retrain_job")
     run = instance.create_run_for_job(job_def=job, run_config={})
     return run.run_id
 

@@ -60,10 +60,11 @@ def test_graph_matches_the_contract():
 def test_every_layer_has_its_group_and_the_gate_is_blocking():
     contract = graph_contract(defs)["assets"]
     groups = {spec["group"] for spec in contract.values()}
-    assert groups == {"data", "features", "training", "registry", "deployment", "monitoring", "drift"}
-    assert "beats_champion (blocking)" in contract["candidate_model"]["checks"]
-    assert "dataset_schema (blocking)" in contract["dataset"]["checks"]
-    assert contract["champion_model"]["deps"] == ["candidate_model"]
+    assert groups == {f"churn_{layer}" for layer in
+                      ("data", "features", "training", "registry", "deployment", "monitoring", "drift")}
+    assert "beats_champion (blocking)" in contract["churn/candidate_model"]["checks"]
+    assert "dataset_schema (blocking)" in contract["churn/dataset"]["checks"]
+    assert contract["churn/champion_model"]["deps"] == ["churn/candidate_model"]
 
 
 def test_importing_definitions_leaves_heavy_libraries_out():

@@ -17,6 +17,7 @@ from prometheus_client.exposition import MetricsHandler
 
 from mlops_assets import automation
 from mlops_assets.monitoring.alerts import alert_sensors, build_alert_sensor
+from mlops_assets.naming import job_name
 from mlops_assets.monitoring.stores import StackMonitoring
 from mlops_assets.deployment.rollback import rollback
 from tests.stack.conftest import stack_settings
@@ -84,12 +85,13 @@ def test_prometheus_alerts_reach_the_sensor_as_a_retrain_and_a_rollback(stack, t
     by_job = {}
     for request in result.run_requests:
         by_job.setdefault(request.job_name, []).append(request)
-    assert len(by_job["retrain_job"]) == 1
-    retrain = by_job["retrain_job"][0]
+    assert len(by_job[job_name(model, "retrain_job")]) == 1
+    retrain = by_job[job_name(model, "retrain_job")][0]
     assert retrain.tags["mlops/trigger"] == "alert:MLOpsDataDrift"
     assert retrain.tags["mlops/alert"] == "MLOpsDataDrift"
     assert retrain.run_key.startswith("alert-")
     assert [r.tags["mlops/alert"] for r in by_job["rollback"]] == ["MLOpsCanaryErrors"]
+    assert {r.tags["mlops/model"] for r in result.run_requests} == {model}
     cursor = json.loads(result.cursor)
     assert cursor["after"] > start_after and cursor["last_trigger_time"] > time.time() - 60
 
@@ -114,5 +116,5 @@ def test_the_alert_sensor_exists_only_where_alerts_arrive_through_the_sink(stack
 
     settings = stack_settings(stack, tmp_path)
     retrain_job = automation.build_automation(settings).retrain_job
-    assert [s.name for s in alert_sensors(settings, retrain_job, rollback)] == ["alert_sensor"]
+    assert [s.name for s in alert_sensors(settings, retrain_job, rollback)] == [job_name(settings.model_name, "alert_sensor")]
     assert alert_sensors(get_settings({"MLOPS_HOME": str(tmp_path)}), retrain_job, rollback) == []

@@ -18,6 +18,7 @@ import pytest
 
 from mlops_assets.loop import open_instance, run_step_events
 from mlops_assets.registry.client import ModelRegistry
+from mlops_assets.naming import job_name
 from tests.stack.conftest import MODEL, scratch_dirs
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def test_the_stack_demo_closes_the_loop(stack_demo):
     assert lost["status"] == "FAILURE" and not lost["promoted"]
     assert lost["champion"] == won["champion"] == lost["serving_version"]
     # one retrain per injected drift: not one per sensor (drift, performance, alert) that saw it
-    retrains = open_instance(settings).get_run_records(dg.RunsFilter(job_name="retrain_job"))
+    retrains = open_instance(settings).get_run_records(dg.RunsFilter(job_name=job_name(MODEL, "retrain_job")))
     assert len(retrains) == 2, [r.dagster_run.tags.get("dagster/sensor_name") for r in retrains]
     registry = ModelRegistry(settings)
     assert registry.version_of("champion") == won["champion"]
@@ -49,7 +50,7 @@ def test_runs_were_launched_by_the_daemon_on_postgres_in_throwaway_directories(s
     instance = open_instance(settings)
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     run = instance.get_run_by_id(summary["after_drift"]["run_id"])
-    assert run.tags.get("dagster/sensor_name") in ("drift_sensor", "performance_sensor", "alert_sensor")
+    assert run.tags.get("dagster/sensor_name") in {job_name(MODEL, s) for s in ("drift_sensor", "performance_sensor", "alert_sensor")}
     assert "STEP_SUCCESS" in run_step_events(instance, run.run_id)["inference_service"]
     # every worker's directory is deleted when it ends: none left from a process that is gone
     leftovers = []
@@ -68,7 +69,7 @@ def test_runs_were_launched_by_the_daemon_on_postgres_in_throwaway_directories(s
 def test_the_drift_report_is_in_s3_and_opens_by_its_url(stack_demo):
     settings, _, _, _ = stack_demo
     instance = open_instance(settings)
-    records = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=10).records
+    records = instance.fetch_materializations(dg.AssetKey([MODEL, "drift_report"]), limit=10).records
     shares = [r.asset_materialization.metadata["drift_share"].value for r in records]
     assert max(shares) >= settings.drift_threshold and min(shares) < settings.drift_threshold
     url = records[0].asset_materialization.metadata["report_url"].value

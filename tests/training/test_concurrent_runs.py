@@ -28,7 +28,7 @@ def launch(home: Path, config: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "DAGSTER_"))}
     env.update(MLOPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), PYTHONUNBUFFERED="1")
     command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "mlops_assets.definitions",
-               "--select", ",".join(SELECTION), "-c", str(config)]
+               "--select", ",".join(f"churn/{name}" for name in SELECTION), "-c", str(config)]
     return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -55,7 +55,7 @@ def test_overlapping_retrains_each_promote_only_what_they_gated(tmp_path):
     # the release steps took turns on the pool's single slot
     assert instance.event_log_storage.get_concurrency_info(RELEASE_POOL).slot_count == 1
     registry = ModelRegistry(settings)
-    promotions = instance.fetch_materializations(dg.AssetKey("champion_model"), limit=10).records
+    promotions = instance.fetch_materializations(dg.AssetKey(["churn", "champion_model"]), limit=10).records
     assert promotions, logs
     for record in promotions:
         version = record.asset_materialization.metadata["champion_version"].value

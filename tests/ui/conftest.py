@@ -111,9 +111,11 @@ def _wait_until_loaded(server: Webserver) -> None:
 
 @pytest.fixture(scope="session")
 def webserver(tmp_path_factory) -> Webserver:
-    settings = get_settings({"MLOPS_HOME": str(tmp_path_factory.mktemp("ui-home"))})
+    # two models in one code location: the example folder (churn demo + tumor from scikit-learn)
+    models = {"MLOPS_MODELS_DIR": str(PROJECT_ROOT / "examples" / "models")}
+    settings = get_settings({"MLOPS_HOME": str(tmp_path_factory.mktemp("ui-home")), **models})
     settings.ensure_dirs()
-    env = settings.env_for_subprocess()
+    env = {**settings.env_for_subprocess(), **models}
     env["PYTHONUNBUFFERED"] = "1"
     port = _free_port()
     stdout_path = settings.logs_dir / "webserver.out"

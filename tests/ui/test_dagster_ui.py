@@ -1,7 +1,8 @@
 """The Dagster UI of the code location, for real: webserver, GraphQL, headless Chromium.
 
 Issue 5: the UI shows the asset graph with every layer's assets and their lineage (screenshot saved
-as an artifact). Issue 2 item 6: `dagster definitions validate` passes and the webserver loads the
+as an artifact); issue 13: with the two example models, two graphs side by side (``churn/...`` and
+``tumor/...``, one group per model and layer). Issue 2 item 6: `dagster definitions validate` passes and the webserver loads the
 location with no version-mismatch warnings.
 """
 
@@ -11,6 +12,7 @@ import importlib.metadata
 import re
 import subprocess
 import warnings
+from urllib.parse import quote
 
 import pytest
 
@@ -24,11 +26,12 @@ GROUPS = {
     "features": {"feature_table", "feature_store", "online_features"},
     "training": {"training_set", "holdout_set", "candidate_model", "model_explanations"},
     "registry": {"champion_model"},
-    "deployment": {"inference_service", "batch_predictions"},
+    "deployment": {"inference_service", "batch_predictions", "online_evaluation"},
     "monitoring": {"prediction_log", "model_performance"},
     "drift": {"drift_report"},
 }
 ALL_ASSETS = sorted(set().union(*GROUPS.values()))
+MODELS = ("churn", "tumor")  # examples/models
 
 # The lineage the graph must show (each asset: upstream assets it must depend on).
 LINEAGE = {
@@ -42,6 +45,7 @@ LINEAGE = {
     "champion_model": {"candidate_model"},
     "inference_service": {"champion_model"},
     "batch_predictions": {"champion_model"},
+    "online_evaluation": {"inference_service"},
     "model_performance": {"prediction_log"},
     "drift_report": {"training_set", "prediction_log"},
 }
@@ -64,20 +68,36 @@ def test_graphql_serves_every_layer_and_its_lineage(webserver):
         groups.setdefault(node["groupName"], set()).add(key)
         deps[key] = {_key(dep["path"]) for dep in node["dependencyKeys"]}
 
-    assert groups == GROUPS
-    for asset, upstream in LINEAGE.items():
-        assert upstream <= deps[asset], f"{asset} depends on {sorted(deps[asset])}, " \
-                                        f"expected at least {sorted(upstream)}"
-    assert deps["dataset"] == set()
+    assert groups == {f"{model}_{group}": {f"{model}/{asset}" for asset in assets}
+                      for model in MODELS for group, assets in GROUPS.items()}
+    for model in MODELS:  # each model's graph is whole and never reaches into the other's
+        for asset, upstream in LINEAGE.items():
+            key = f"{model}/{asset}"
+            assert {f"{model}/{u}" for u in upstream} <= deps[key], \
+                f"{key} depends on {sorted(deps[key])}, expected at least {sorted(upstream)}"
+            assert all(dep.startswith(f"{model}/") for dep in deps[key]), deps[key]
+        assert deps[f"{model}/dataset"] == set()
 
 
-def test_asset_graph_page_shows_every_asset(webserver, browser_page):
+def test_lineage_shows_one_graph_per_model(webserver, browser_page):
+    """The global lineage: the two models' groups (collapsed), as two separate graphs."""
     page = browser_page
     page.goto(f"{webserver.url}/asset-groups")  # "Global asset lineage" in Dagster 1.13
     page.get_by_text("Global asset lineage").wait_for()
-    for group in GROUPS:  # the groups render collapsed first
-        page.locator("svg").get_by_text(group, exact=True).first.wait_for()
+    for model in MODELS:  # the groups render collapsed first
+        for group in GROUPS:
+            page.locator("svg").get_by_text(f"{model}_{group}", exact=True).first.wait_for()
+    page.wait_for_load_state("networkidle")
+    _screenshot(page, "asset_graph_two_models.png")
 
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_models_graph_shows_every_asset(webserver, browser_page, model):
+    """One model's lineage (filtered by its key prefix), every group expanded: each asset once."""
+    page = browser_page
+    # the lineage filtered with Dagster's asset selection syntax (what typing it into the search box opens)
+    page.goto(f"{webserver.url}/asset-groups~" + quote(f'tag:"mlops/model"="{model}"', safe="") + "/")
+    page.locator("svg").get_by_text(f"{model}_data", exact=True).first.wait_for()
     # Expand every group (the graph's own "Expand all groups" shortcut), then reload the URL it
     # writes (`?expanded=...`) so the graph is laid out and zoomed to fit with all groups open.
     page.keyboard.press("Alt+KeyE")
@@ -87,12 +107,17 @@ def test_asset_graph_page_shows_every_asset(webserver, browser_page):
     for asset in ALL_ASSETS:
         node = graph.get_by_text(asset, exact=True)
         node.first.wait_for(state="visible")
-        assert node.count() == 1, f"{asset} appears {node.count()} times in the graph"
+        assert node.count() == 1, f"{asset} appears {node.count()} times in {model}'s graph"
+    other = next(m for m in MODELS if m != model)
+    assert graph.get_by_text(f"{other}_data", exact=True).count() == 0, "the other model's graph is shown too"
     assert not page.get_by_text("Join the Dagster community").is_visible()
     page.wait_for_load_state("networkidle")
+    _screenshot(page, f"asset_graph_{model}.png")
 
+
+def _screenshot(page, name: str) -> None:
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS_DIR / "asset_graph.png"
+    shot = ARTIFACTS_DIR / name
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 

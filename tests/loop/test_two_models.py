@@ -1,0 +1,98 @@
+"""Two models in one code location (examples/models: churn + tumor), materialized and served, then
+drift in one with the real Dagster daemon: only that model retrains; the other keeps its champion
+and its traffic (issue 13)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import dagster as dg
+import httpx
+import pytest
+
+from mlops_assets.data.packaged import breast_cancer
+from mlops_assets.definitions import build_definitions
+from mlops_assets.loop import BUILD_SELECTION, Daemon, materialize, open_instance, wait_for_triggered_run, window_config
+from mlops_assets.registry.client import ModelRegistry
+from mlops_assets.serving.backend_local import LocalServingBackend
+from mlops_assets.settings import PROJECT_ROOT, get_settings
+
+pytestmark = pytest.mark.integration
+
+MODELS_DIR = str(PROJECT_ROOT / "examples" / "models")
+SHIFTED = ("mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness", "mean_compactness",
+           "mean_concavity", "worst_radius", "worst_texture")  # 9 of the 12 features: share 0.75 > 0.5
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    home = tmp_path_factory.mktemp("two-models")
+    base = get_settings({"MLOPS_HOME": str(home), "MLOPS_MODELS_DIR": MODELS_DIR})
+    base.ensure_dirs()
+    settings = {model.name: base.for_model(model) for model in base.catalog().models}
+    defs, instance = build_definitions(base), open_instance(base)
+    try:
+        for name, config in (("churn", {"ops": {"dataset": {"config": {"rows": 3000}}}}), ("tumor", {})):
+            result = materialize(defs, instance, BUILD_SELECTION, config, model=name)
+            assert result.success, f"{name}: the first materialization failed"
+        yield settings, defs, instance
+    finally:
+        for one in settings.values():
+            LocalServingBackend(one).stop()
+
+
+def predict(settings, rows: list[dict]) -> list[dict]:
+    endpoint = LocalServingBackend(settings).endpoint
+    with httpx.Client(timeout=10.0) as client:
+        answers = [client.post(f"{endpoint}/v1/models/{settings.model_name}:predict", json={"instances": [row]})
+                   for row in rows]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200][:3]
+    return [a.json() for a in answers]
+
+
+def tumor_rows(shift: float) -> list[dict]:
+    spec = get_settings({"MLOPS_MODELS_DIR": MODELS_DIR, "MLOPS_MODEL_NAME": "tumor"}).dataset_spec()
+    frame = breast_cancer()
+    frame[list(SHIFTED)] *= shift
+    return frame[[spec.entity, *spec.features]].sample(300, random_state=1).to_dict("records")
+
+
+def test_each_model_serves_its_own_champion_on_its_own_route(two_models):
+    settings, _, _ = two_models
+    tumor = predict(settings["tumor"], tumor_rows(1.0)[:3])
+    churn = predict(settings["churn"], [{"customer_id": 1}])
+    assert {a["model_name"] for a in tumor} == {"tumor"} and churn[0]["model_name"] == "churn"
+    for name in ("churn", "tumor"):
+        assert ModelRegistry(settings[name]).version_of("champion") == "1"
+
+
+def test_drift_in_one_model_retrains_only_that_model(two_models):
+    settings, defs, instance = two_models
+    churn_before = LocalServingBackend(settings["churn"]).status()
+    since = datetime.now(timezone.utc)
+    predict(settings["tumor"], tumor_rows(1.6))  # tumours measured on a drifted instrument
+    report = materialize(defs, instance, ["drift_report"], {"ops": {"drift_report": {"config": window_config(since)}}},
+                         model="tumor")
+    assert report.success
+    [event] = report.get_asset_materialization_events()
+    assert event.asset_key == dg.AssetKey(["tumor", "drift_report"])
+    assert event.step_materialization_data.materialization.metadata["drift_share"].value >= 0.5
+
+    started = time.time() - 60
+    with Daemon(settings["tumor"]):
+        run = wait_for_triggered_run(instance, started, "tumor_retrain_job", timeout=600)
+        time.sleep(20)  # more sensor ticks: nothing may start for churn
+    assert run.tags["dagster/sensor_name"] == "tumor_drift_sensor" and run.tags["mlops/model"] == "tumor"
+    assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
+    assert run.job_name == "tumor_retrain_job"
+    assert instance.get_run_records(dg.RunsFilter(job_name="churn_retrain_job")) == []
+    # tumor: a new champion (the spec's gate is non-inferiority), rolled out on tumor's endpoint
+    assert ModelRegistry(settings["tumor"]).version_of("champion") == "2"
+    tumor_status = LocalServingBackend(settings["tumor"]).status()
+    assert str(tumor_status["revisions"]["stable"]["model_version"]) == "2"
+    # churn: same champion, same revision and process, still answering
+    assert ModelRegistry(settings["churn"]).version_of("champion") == "1"
+    churn_after = LocalServingBackend(settings["churn"]).status()
+    assert churn_after["revisions"]["stable"] == churn_before["revisions"]["stable"]
+    assert predict(settings["churn"], [{"customer_id": 2}])[0]["model_version"] == "1"
