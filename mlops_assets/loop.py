@@ -223,7 +223,7 @@ def run_step_events(instance: dg.DagsterInstance, run_id: str) -> dict[str, list
 
 # --- the loop's timeline -----------------------------------------------------------------------
 # Run steps grouped into the loop's stages (step keys of retrain_job).
-LOOP_STAGES = {"data + features": ("dataset", "dataset_schema", "feature_table", "feature_store", "training_and_holdout"),
+LOOP_STAGES = {"data + features": ("dataset", "dataset_dataset_schema", "feature_table", "feature_store", "training_and_holdout"),
                "training": ("candidate_model",),
                "gate": ("candidate_model_beats_champion", "candidate_model_meets_floor"),
                "promotion": ("champion_model", "champion_model_aliases_resolve")}
@@ -250,7 +250,7 @@ def loop_timeline(instance: dg.DagsterInstance, run_id: str) -> dict:
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         kind = event.event_type_value if event else None
-        if kind in ("PIPELINE_DEQUEUED", "PIPELINE_START"):
+        if kind in ("PIPELINE_STARTING", "PIPELINE_START"):  # dequeued and launching; executing
             marks.setdefault(kind, record.timestamp)
         if event and event.step_key and kind in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED",
                                                   "ASSET_CHECK_EVALUATION"):
@@ -263,9 +263,10 @@ def loop_timeline(instance: dg.DagsterInstance, run_id: str) -> dict:
     if done is None or "PIPELINE_START" not in marks:
         return {}
     created = run.create_timestamp.timestamp()
+    launching = marks.get("PIPELINE_STARTING", created)
     stages = {"sensor: report -> run requested": created - report.timestamp,
-              "queue: -> dequeued": marks.get("PIPELINE_DEQUEUED", created) - created,
-              "launch: run worker + code location": marks["PIPELINE_START"] - marks.get("PIPELINE_DEQUEUED", created)}
+              "queue: -> dequeued and launched": launching - created,
+              "launch: run worker + code location": marks["PIPELINE_START"] - launching}
     in_loop = {k: v for k, v in steps.items() if v[0] < done}
     for stage, keys in LOOP_STAGES.items():
         stages[stage] = sum(max(steps[k]) - min(steps[k]) for k in keys if k in in_loop)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from mlops_assets.settings import Settings
 
 from .backend import Log, RolloutConfig, RolloutFailed, ServingBackend, require_passed, rollout_result
@@ -50,7 +52,9 @@ class LocalBackend(ServingBackend):
                 servers.deploy(version)
                 return rollout_result(servers.endpoint, version, "first deployment", self._smoke("stable", config))
             log(f"canary: v{version} at {config.canary_percent}% next to v{stable}")
+            started = time.monotonic()
             servers.deploy_canary(version, percent=config.canary_percent)
+            log(f"canary v{version} ready at {config.canary_percent}% in {time.monotonic() - started:.1f} s: smoke test")
         except ServingBackendError as exc:
             raise RolloutFailed(str(exc)) from exc
         try:
@@ -61,6 +65,7 @@ class LocalBackend(ServingBackend):
             raise
         log(f"canary v{version} passed ({smoke['requests']} requests, p99 {smoke.get('client_p99_ms')} ms): promoting")
         servers.promote()
+        log(f"v{version} serves 100%")
         return rollout_result(servers.endpoint, version, f"promoted over v{stable}", smoke)
 
     def health(self, champion: str | None) -> dict:
