@@ -82,9 +82,13 @@ class Controller:
         # warm processes for the next revision (serving/standby.py), topped up when deployment is quiet
         self.standby = StandbyPool(self.replicas, self.log_dir, self._start_process)
 
+    def _rollout_under_way(self) -> bool:
+        """A deployment change in progress, or a canary taking traffic: no standby imports now."""
+        return self.lock.locked() or self.router.canary is not None
+
     def start_standby(self) -> None:
         """Fill the warm pool now (called on the ingress's event loop once it runs)."""
-        self.standby.refill_later(self.lock.locked, delay=0.0)
+        self.standby.refill_later(self._rollout_under_way, delay=0.0)
 
     # --- readiness -----------------------------------------------------------------------------
     def _notify_ready(self) -> None:
@@ -115,7 +119,7 @@ class Controller:
                     await self._retire(revision)
             self.write_state()
             if not as_canary or router.canary is None:  # a canary's rollout is not over yet
-                self.standby.refill_later(self.lock.locked)
+                self.standby.refill_later(self._rollout_under_way)
             return self.state()
 
     async def set_traffic(self, percent: int) -> dict:
@@ -135,7 +139,7 @@ class Controller:
             self.router.set(canary, None, 0)
             await self._retire(old)
             self.write_state()
-            self.standby.refill_later(self.lock.locked)
+            self.standby.refill_later(self._rollout_under_way)
             return self.state()
 
     async def rollback(self) -> dict:
@@ -146,7 +150,7 @@ class Controller:
             self.router.set(self.router.stable, None, 0)
             await self._retire(canary)
             self.write_state()
-            self.standby.refill_later(self.lock.locked)
+            self.standby.refill_later(self._rollout_under_way)
             return self.state()
 
     async def stop_all(self) -> None:
@@ -194,9 +198,9 @@ class Controller:
                  len(replicas))
         return revision
 
-    async def _spawn(self, child: Child, warm: bool = True) -> None:
+    async def _spawn(self, child: Child) -> None:
         """Start ``child``: from a warm standby process if one is there, else cold."""
-        standby = self.standby.take(child.role) if warm else None
+        standby = self.standby.take(child.role)
         if standby is not None:
             child.process, child.log_path = await self.standby.assign(standby, child.argv, child.log_path)
             return
@@ -250,7 +254,7 @@ class Controller:
             await asyncio.sleep(min(0.1 * 2 ** (len(child.crashes) - 1), 5.0))
             if child.stopping:
                 return
-            await self._spawn(child, warm=False)
+            await self._spawn(child)  # a standby if the pool has one: back sooner
             try:
                 await self._wait_ready(child)
             except ControllerError as exc:

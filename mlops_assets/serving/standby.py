@@ -6,8 +6,9 @@ On this machine a cold predictor spends most of its start in imports and in SHAP
 (numba compiles its masking code: about 16 s on a loaded 2-core machine, 0.01 s afterwards); a warm
 one only loads its model version and warms the explainer on it, so readiness keeps its meaning (model
 loaded and explainer warmed before ``/v2/health/ready`` says 200). The pool is refilled once the
-deployment has been quiet for ``REFILL_DELAY_S``, so the imports never compete with a rollout's smoke
-test. A restart after a crash starts cold (a crash loop does not drain the pool).
+deployment has been quiet for ``REFILL_DELAY_S`` and no canary takes traffic, so the imports never
+compete with a rollout's smoke test. A replica restarted after a crash takes a standby as well when
+the pool has one.
 
 Process side: ``python -m mlops_assets.serving --standby predictor|transformer``
 (:func:`wait_for_assignment`). Controller side: :class:`StandbyPool`.
