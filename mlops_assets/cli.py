@@ -83,6 +83,7 @@ def _drift_report(stages: Stages, defs, instance, since: datetime, model: str) -
 
 def _await_retrain(stages: Stages, instance, after: float, registry, backend, model: str) -> dict:
     from mlops_assets.loop import (
+        loop_timeline,
         run_step_events,
         step_durations,
         wait_for_triggered_run,
@@ -96,10 +97,14 @@ def _await_retrain(stages: Stages, instance, after: float, registry, backend, mo
     outcome = {"run_id": run.run_id, "status": run.status.value, "tags": {k: v for k, v in run.tags.items() if k.startswith("mlops/")},
                "champion": registry.version_of("champion"), "previous": registry.version_of("previous"),
                "serving_version": str(stable.get("model_version")), "canary_percent": serving.get("canary_percent"),
-               "promoted": "STEP_SUCCESS" in steps.get("champion_model", []), "step_seconds": durations}
+               "promoted": "STEP_SUCCESS" in steps.get("champion_model", []), "step_seconds": durations,
+               "timeline": loop_timeline(instance, run.run_id)}
     stages.note(f"run {run.run_id[:8]} {outcome['status']} (trigger {outcome['tags'].get('mlops/trigger')}); "
                 f"@champion v{outcome['champion']}, serving v{outcome['serving_version']}")
     stages.note("steps: " + ", ".join(f"{k} {v}s" for k, v in durations.items()))
+    if outcome["timeline"]:
+        stages.note(f"report -> v{outcome['champion']} at 100%: {outcome['timeline']['total']}s (" + ", ".join(
+            f"{k} {v}s" for k, v in outcome["timeline"]["stages"].items()) + ")")
     return outcome
 
 

@@ -31,8 +31,10 @@ BUILD_SELECTION = ["dataset", "feature_table", "feature_store", "training_set", 
 
 
 # The steps that move aliases or change serving share one pool (`mlops_release`): one at a time.
+# A queued run (a sensor's request) is launched within 1 s instead of the daemon's default 5 s.
 INSTANCE_DEFAULTS = {"telemetry": {"enabled": False},
-                     "concurrency": {"pools": {"granularity": "op", "default_limit": 1}}}
+                     "concurrency": {"pools": {"granularity": "op", "default_limit": 1}},
+                     "run_queue": {"dequeue_interval_seconds": 1}}
 
 
 def instance_config(settings: Settings) -> tuple[dict, dict]:
@@ -231,3 +233,66 @@ def run_step_events(instance: dg.DagsterInstance, run_id: str) -> dict[str, list
 def plain_step(step_key: str) -> str:
     """``churn__candidate_model`` -> ``candidate_model`` (a model's step, by its asset's own name)."""
     return step_key.split("__", 1)[1] if "__" in step_key else step_key
+
+
+# --- the loop's timeline -----------------------------------------------------------------------
+# Run steps grouped into the loop's stages (step keys of retrain_job).
+LOOP_STAGES = {"data + features": ("dataset", "dataset_dataset_schema", "feature_table", "feature_store", "training_and_holdout"),
+               "training": ("candidate_model",),
+               "gate": ("candidate_model_beats_champion", "candidate_model_meets_floor"),
+               "promotion": ("champion_model", "champion_model_aliases_resolve")}
+# (stage, the rollout's log line that ends it; deployment/local.py writes them)
+ROLLOUT_MARKS = (("rollout: checks before the canary", "canary: v"),
+                 ("rollout: canary replicas start and get ready", " ready at "),
+                 ("rollout: smoke test", " passed ("), ("rollout: promote to 100%", " serves 100%"))
+
+
+def loop_timeline(instance: dg.DagsterInstance, run_id: str) -> dict:
+    """Seconds, from the event log, from the report that triggered ``run_id`` (its ``mlops/<asset>_id``
+    tag) to the new champion serving 100% (the rollout's own log line), by stage."""
+    run = instance.get_run_records(dg.RunsFilter(run_ids=[run_id]))[0]
+    tag = next((k for k in run.dagster_run.tags if k.startswith("mlops/") and k.endswith("_id")), None)
+    if tag is None:
+        return {}
+    asset, report_id = tag[len("mlops/"):-len("_id")], int(run.dagster_run.tags[tag])
+    model = run.dagster_run.tags.get(MODEL_TAG)
+    key = dg.AssetKey([model, asset]) if model else dg.AssetKey(asset)
+    report = next((r for r in instance.fetch_materializations(key, limit=20).records
+                   if r.storage_id == report_id), None)
+    if report is None:
+        return {}
+    marks: dict[str, float] = {}
+    steps: dict[str, list[float]] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        kind = event.event_type_value if event else None
+        if kind in ("PIPELINE_STARTING", "PIPELINE_START"):  # dequeued and launching; executing
+            marks.setdefault(kind, record.timestamp)
+        if event and event.step_key and kind in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED",
+                                                  "ASSET_CHECK_EVALUATION"):
+            steps.setdefault(plain_step(event.step_key), []).append(record.timestamp)
+        if not event and record.step_key and plain_step(record.step_key) == "inference_service":
+            for name, text in ROLLOUT_MARKS:
+                if text in record.user_message:
+                    marks.setdefault(name, record.timestamp)
+    done = marks.get("rollout: promote to 100%")
+    if done is None or "PIPELINE_START" not in marks:
+        return {}
+    created = run.create_timestamp.timestamp()
+    launching = marks.get("PIPELINE_STARTING", created)
+    stages = {"sensor: report -> run requested": created - report.timestamp,
+              "queue: -> dequeued and launched": launching - created,
+              "launch: run worker + code location": marks["PIPELINE_START"] - launching}
+    in_loop = {k: v for k, v in steps.items() if v[0] < done}
+    for stage, keys in LOOP_STAGES.items():
+        stages[stage] = sum(max(steps[k]) - min(steps[k]) for k in keys if k in in_loop)
+    rollout_start = min(steps.get("inference_service", [done]))
+    previous = rollout_start
+    for name, _ in ROLLOUT_MARKS:
+        stages[name] = marks.get(name, previous) - previous
+        previous = marks.get(name, previous)
+    grouped = sum(stages.values())
+    stages["between steps (run set-up, events)"] = (done - report.timestamp) - grouped
+    return {"stages": {k: round(v, 2) for k, v in stages.items()}, "total": round(done - report.timestamp, 2),
+            "trigger": asset, "after_100_percent": {k: round(max(v) - min(v), 2) for k, v in steps.items()
+                                                    if k not in in_loop}}

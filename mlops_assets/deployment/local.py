@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from mlops_assets.settings import Settings
 
 from .backend import Log, RolloutConfig, RolloutFailed, ServingBackend, require_passed, rollout_result
@@ -55,8 +57,10 @@ class LocalBackend(ServingBackend):
                 log(f"shadow: v{version} gets a copy of the traffic of v{stable}, answers nobody")
             else:
                 log(f"canary: v{version} at {config.canary_percent}% next to v{stable}")
+            started = time.monotonic()
             servers.deploy_canary(version, percent=config.canary_percent, mode="shadow" if mode == "shadow" else "canary",
                                   gate=config.ab.policy() if mode != "off" else None)
+            log(f"canary v{version} ready at {config.canary_percent}% in {time.monotonic() - started:.1f} s: smoke test")
         except ServingBackendError as exc:
             raise RolloutFailed(str(exc)) from exc
         try:
@@ -73,6 +77,7 @@ class LocalBackend(ServingBackend):
                                                              f"v{stable}", smoke, revision="canary")
         log(f"canary v{version} passed ({smoke['requests']} requests, p99 {smoke.get('client_p99_ms')} ms): promoting")
         servers.promote()
+        log(f"v{version} serves 100%")
         return rollout_result(servers.endpoint, version, f"promoted over v{stable}", smoke)
 
     def online_gate(self) -> dict | None:

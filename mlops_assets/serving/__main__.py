@@ -4,6 +4,8 @@
     python -m mlops_assets.serving --role transformer --model_name churn --http_port 8081 \\
         --predictor_host 127.0.0.1:8080 [--revision canary]
     python -m mlops_assets.serving --role ingress --http_port 8000      (local canary ingress + supervisor)
+    python -m mlops_assets.serving --standby predictor|transformer      (warm pool: imports, then reads
+                                                                          its arguments from stdin)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 
 from mlops_assets.serving.prediction_log import DEFAULT_MAX_BYTES  # noqa: E402
 from mlops_assets.serving.routing import REVISIONS  # noqa: E402
@@ -37,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--standby"]:
+        from mlops_assets.serving.standby import wait_for_assignment
+
+        argv = wait_for_assignment(argv[1] if len(argv) > 1 else "")
     args = parse_args(argv)
     if args.model_name is None:
         from mlops_assets.settings import get_settings

@@ -32,6 +32,7 @@ import httpx
 
 from mlops_assets.atomic import atomic_write_text
 from mlops_assets.serving.revision import Child, Replica, Revision, Router, free_port, scrape_targets
+from mlops_assets.serving.standby import StandbyPool
 from mlops_assets.serving.validation import ServingError
 from mlops_assets.settings import Settings
 
@@ -79,6 +80,16 @@ class Controller:
         self.started_at = _now()
         self.online_gate: dict | None = None  # the A/B policy the canary is judged by, if any
         self._ready_event = asyncio.Event()
+        # warm processes for the next revision (serving/standby.py), topped up when deployment is quiet
+        self.standby = StandbyPool(self.replicas, self.log_dir, self._start_process)
+
+    def _rollout_under_way(self) -> bool:
+        """A deployment change in progress, or a canary taking traffic: no standby imports now."""
+        return self.lock.locked() or self.router.canary is not None
+
+    def start_standby(self) -> None:
+        """Fill the warm pool now (called on the ingress's event loop once it runs)."""
+        self.standby.refill_later(self._rollout_under_way, delay=0.0)
 
     # --- readiness -----------------------------------------------------------------------------
     def _notify_ready(self) -> None:
@@ -115,6 +126,8 @@ class Controller:
                 for revision in old:
                     await self._retire(revision)
             self.write_state()
+            if not as_canary or router.canary is None:  # a canary's rollout is not over yet
+                self.standby.refill_later(self._rollout_under_way)
             return self.state()
 
     async def set_traffic(self, percent: int) -> dict:
@@ -135,6 +148,7 @@ class Controller:
             self.online_gate = None
             await self._retire(old)
             self.write_state()
+            self.standby.refill_later(self._rollout_under_way)
             return self.state()
 
     async def rollback(self) -> dict:
@@ -146,6 +160,7 @@ class Controller:
             self.online_gate = None
             await self._retire(canary)
             self.write_state()
+            self.standby.refill_later(self._rollout_under_way)
             return self.state()
 
     async def stop_all(self) -> None:
@@ -154,6 +169,7 @@ class Controller:
             self.router.set(None, None, 0)
             for revision in revisions:
                 await self._retire(revision, drain=False)
+            await self.standby.stop()
             self.write_state(running=False)
         await self.client.aclose()
 
@@ -193,9 +209,20 @@ class Controller:
         return revision
 
     async def _spawn(self, child: Child) -> None:
-        with open(child.log_path, "ab") as out:
-            child.process = await asyncio.create_subprocess_exec(
-                *child.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+        """Start ``child``: from a warm standby process if one is there, else cold."""
+        standby = self.standby.take(child.role)
+        if standby is not None:
+            child.process, child.log_path = await self.standby.assign(standby, child.argv, child.log_path)
+            return
+        child.process = await self._start_process(child.argv, child.log_path)
+
+    async def _start_process(self, argv: list[str], log_path: Path,
+                             stdin=asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
+        if argv[-2:-1] == ["--standby"]:
+            stdin = asyncio.subprocess.PIPE  # it waits there for its arguments
+        with open(log_path, "ab") as out:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=stdin,
                 env=self.settings.serving_env(), cwd=str(self.work_dir), preexec_fn=_die_with_parent)
 
     async def _wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> dict:
@@ -237,7 +264,7 @@ class Controller:
             await asyncio.sleep(min(0.1 * 2 ** (len(child.crashes) - 1), 5.0))
             if child.stopping:
                 return
-            await self._spawn(child)
+            await self._spawn(child)  # a standby if the pool has one: back sooner
             try:
                 await self._wait_ready(child)
             except ControllerError as exc:
@@ -308,6 +335,7 @@ class Controller:
                 "canary_percent": self.router.canary_percent, "mode": self.router.mode,
                 "online_gate": self.online_gate,
                 "revisions": {"stable": describe(self.router.stable), "canary": describe(self.router.canary)},
+                "standby": self.standby.pids(),
                 "updated_at": _now()}
 
     def write_state(self, running: bool = True) -> None:

@@ -112,6 +112,7 @@ class IngressApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.controller.start_standby()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.controller.stop_all()  # children stop before the process exits

@@ -153,11 +153,11 @@ def scrape_targets(state: dict) -> list[dict]:
 
 
 def state_pids(state: dict) -> list[int]:
-    """Every serving process a state file names (all replicas)."""
+    """Every serving process a state file names (all replicas and the warm standby processes)."""
     pids = []
     for revision in (state.get("revisions") or {}).values():
         if not revision:
             continue
         for replica in revision.get("replicas") or [revision]:
             pids += [replica[role]["pid"] for role in ("predictor", "transformer") if replica[role].get("pid")]
-    return pids
+    return pids + [standby["pid"] for standby in state.get("standby") or []]

@@ -272,7 +272,9 @@ def meets_floor(context: dg.AssetCheckExecutionContext, registry: dg.ResourcePar
                   "floors": dg.MetadataValue.json(floors)})
 
 
-@dg.asset(group_name="training", code_version="1",
+# Nothing downstream needs it (serving warms its own explainer from the background candidate_model
+# logs): a lower priority runs it after the release steps, so the rollout does not wait for SHAP.
+@dg.asset(group_name="training", code_version="1", op_tags={"dagster/priority": "-1"},
           description="SHAP summary of the candidate on a bounded sample: plot, top features, logged to MLflow.")
 def model_explanations(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings],
                        registry: dg.ResourceParam[ModelRegistry], monitoring: dg.ResourceParam[LocalMonitoring],
