@@ -59,10 +59,10 @@ def positive(env: Mapping[str, str], name: str, default: float, unit: str = "sec
     return value
 
 
-def count(env: Mapping[str, str], name: str, default: int) -> int:
+def count(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     value = number(env, name, default)
-    if not (value >= 1 and float(value).is_integer()):
-        raise SettingsError(f"{name}={env.get(name)!r} must be a whole number of at least 1")
+    if not (value >= minimum and float(value).is_integer()):
+        raise SettingsError(f"{name}={env.get(name)!r} must be a whole number of at least {minimum}")
     return int(value)
 
 

@@ -84,6 +84,7 @@ class Settings:
     # --- local serving ---
     serving_replicas: int = 2  # predictor+transformer pairs per revision
     serving_hold_s: float = 30.0  # how long the ingress holds a request while a revision has no ready replica
+    serving_standby: int | None = None  # warm processes per role for the next rollout (None: one per replica)
     # --- the stack profile's services ---
     postgres_url: str | None = None
     data_git_url: str | None = None
@@ -279,6 +280,7 @@ class Settings:
                     **({"MLOPS_MODELS_DIR": str(self.models_dir)} if self.models_dir else {}),
                     "MLOPS_SERVING_REPLICAS": str(self.serving_replicas),
                     "MLOPS_SERVING_HOLD_S": str(self.serving_hold_s),
+                    **({"MLOPS_SERVING_STANDBY": str(self.serving_standby)} if self.serving_standby is not None else {}),
                     "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         if self.dataset_config:
             env["MLOPS_DATASET_CONFIG"] = self.dataset_config
@@ -379,6 +381,7 @@ def base_settings(env: Mapping[str, str] | None = None) -> Settings:
         feature_ttl_days=_positive(env, "MLOPS_FEATURE_TTL_DAYS", 730.0, "days"),
         serving_replicas=_count(env, "MLOPS_SERVING_REPLICAS", 2),
         serving_hold_s=_positive(env, "MLOPS_SERVING_HOLD_S", 30.0),
+        serving_standby=_count(env, "MLOPS_SERVING_STANDBY", 1, minimum=0) if env.get("MLOPS_SERVING_STANDBY") else None,
         postgres_url=env.get("MLOPS_POSTGRES_URL") or None,
         data_git_url=env.get("MLOPS_DATA_GIT_URL") or None,
         sink_url=(env.get("MLOPS_SINK_URL") or "").rstrip("/") or None,

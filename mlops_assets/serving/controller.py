@@ -81,7 +81,8 @@ class Controller:
         self.online_gate: dict | None = None  # the A/B policy the canary is judged by, if any
         self._ready_event = asyncio.Event()
         # warm processes for the next revision (serving/standby.py), topped up when deployment is quiet
-        self.standby = StandbyPool(self.replicas, self.log_dir, self._start_process)
+        standby = self.replicas if settings.serving_standby is None else settings.serving_standby
+        self.standby = StandbyPool(standby, self.log_dir, self._start_process)
 
     def _rollout_under_way(self) -> bool:
         """A deployment change in progress, or a canary taking traffic: no standby imports now."""
