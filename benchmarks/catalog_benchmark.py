@@ -21,7 +21,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "models"
+sys.path.insert(0, str(ROOT))
+from mlops_assets.settings import PROJECT_ROOT  # noqa: E402 (the project, wherever this script was copied)
+
+EXAMPLES = PROJECT_ROOT / "examples" / "models"
 PROBE = ("import time; t = time.perf_counter(); from mlops_assets.definitions import defs; "
          "jobs = defs.resolve_all_job_defs(); print(time.perf_counter() - t, len(jobs))")
 
@@ -38,8 +41,8 @@ def folder_with(n: int, root: Path) -> Path:
 
 
 def load_seconds(folder: Path, home: Path) -> tuple[float, int]:
-    env = {**os.environ, "MLOPS_MODELS_DIR": str(folder), "MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=ROOT, capture_output=True, text=True,
+    env = {**os.environ, "MLOPS_MODELS_DIR": str(folder), "MLOPS_HOME": str(home), "PYTHONPATH": str(PROJECT_ROOT)}
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
                          timeout=600, check=True).stdout.split()
     return float(out[-2]), int(out[-1])
 
@@ -63,6 +66,7 @@ def main() -> int:
         row.update(ratio=round(row["median_s"] / base, 2), per_extra_model_s=round(extra, 3))
         print(f"{n:>5} {row['median_s']:>16.3f} {row['jobs']:>5} {row['ratio']:>9.2f}x {extra:>18.3f}")
     load = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"results": results, "repeat": args.repeat, "load_average": load}, indent=2))
     print(f"load average {load:.1f}; written to {args.out}")
     return 0

@@ -50,8 +50,9 @@ def test_a_run_fails_at_start_naming_the_service_that_is_down(stack, tmp_path, s
     settings = stack_settings(stack, tmp_path / "home", **{setting: url, "MLOPS_SERVICE_TIMEOUT_S": "2"})
     defs = build_definitions(settings)
     result = dg.materialize([*defs.assets, *defs.asset_checks],
-                            selection=["dataset", "feature_table", "feature_store", "training_set", "holdout_set",
-                                       "candidate_model", "champion_model"],
+                            selection=[f"{settings.model_name}/{name}" for name in (
+                                "dataset", "feature_table", "feature_store", "training_set", "holdout_set",
+                                "candidate_model", "champion_model")],
                             resources=defs.resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
     text = error_texts(result)

@@ -41,7 +41,7 @@ def test_every_piece_of_state_is_in_a_service(stack, stack_demo):
     # DVC data, the IO manager's outputs, the Feast offline table, the prediction log: S3
     assert any(key.startswith("dvc/files/md5/") for key in s3_keys(stack, "dvc/"))
     stored = {key.rsplit("/", 1)[0] for key in s3_keys(stack, "dagster-io/")}  # one object per run
-    assert {"dagster-io/dataset", "dagster-io/training_set"} <= stored
+    assert {f"dagster-io/{settings.model_name}/dataset", f"dagster-io/{settings.model_name}/training_set"} <= stored
     assert s3_keys(stack, "feast/") == ["feast/churn_features.parquet"]
     assert s3_keys(stack, "prediction-log/events/hour=") and s3_keys(stack, "prediction-log/labels/hour=")
     # MLflow over HTTP, artifacts proxied into S3
