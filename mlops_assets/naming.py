@@ -38,11 +38,8 @@ def sibling_key(context, asset: str) -> dg.AssetKey:
     """Key of another asset of the same model: from the asset being computed, else the run's model tag
     (ops of the rollback job), else unprefixed (the layer modules' own, unprefixed assets)."""
     key = getattr(context, "asset_key", None) if getattr(context, "has_assets_def", True) else None
-    try:
-        if key is not None and len(key.path) > 1:
-            return dg.AssetKey([*key.path[:-1], asset])
-    except dg.DagsterInvariantViolationError:  # an op without an asset
-        pass
+    if key is not None and len(key.path) > 1:
+        return dg.AssetKey([*key.path[:-1], asset])
     model = context.run.tags.get(MODEL_TAG) if getattr(context, "run", None) else None
     return model_key(model, asset) if model else dg.AssetKey(asset)
 
