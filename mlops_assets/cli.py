@@ -115,7 +115,7 @@ def _move_previous_state_aside(settings) -> None:
 
     if not any((settings.home / part).exists() for part in ("dagster", "mlflow", "data", "serving")):
         return
-    LocalServingBackend(settings).stop()
+    LocalServingBackend(settings).stop(every_model=True)
     aside = settings.home.with_name(f"{settings.home.name}.previous-{datetime.now():%Y%m%d-%H%M%S}")
     settings.home.rename(aside)
     print(f"earlier state moved to {aside} (--keep-state runs on it instead)")
@@ -224,8 +224,8 @@ def status(args) -> int:
 def stop(args) -> int:
     from mlops_assets.serving.backend_local import LocalServingBackend
 
-    LocalServingBackend(get_settings()).stop()
-    print("serving stopped")
+    LocalServingBackend(get_settings()).stop(every_model=True)
+    print("serving stopped (every model, and the ingress)")
     return 0
 
 

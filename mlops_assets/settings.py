@@ -194,6 +194,11 @@ class Settings:
         return self.model_home / "serving"
 
     @property
+    def ingress_dir(self) -> Path:
+        """The one local ingress of every model: its address, log-independent index and scrape targets."""
+        return self.home / "serving"
+
+    @property
     def prediction_log_dir(self) -> Path:
         return self.serving_dir / "prediction-log"
 

@@ -59,6 +59,18 @@ def read_loop_gauges_text(settings: Settings) -> str:
         return ""
 
 
+def merged_loop_gauges_text(paths) -> str:
+    """Several models' textfiles as one exposition (each metric's HELP and TYPE once): what the
+    one local ingress appends to its ``/metrics`` for every model it serves."""
+    samples: dict[tuple[str, str], float] = {}
+    for path in paths:
+        try:
+            samples.update(_parse_samples(Path(path).read_text()))
+        except OSError:
+            continue
+    return _render(samples)
+
+
 def read_loop_gauges(settings: Settings) -> dict[str, float]:
     """This model's gauges as ``{keyword: value}``, e.g. ``{"drift_share": 0.4}``."""
     samples = _parse_samples(read_loop_gauges_text(settings))

@@ -3,7 +3,7 @@
     python -m mlops_assets.serving --role predictor   --model_name churn --http_port 8080 [--model_version 3]
     python -m mlops_assets.serving --role transformer --model_name churn --http_port 8081 \\
         --predictor_host 127.0.0.1:8080 [--revision canary]
-    python -m mlops_assets.serving --role ingress --http_port 8000      (local canary ingress + supervisor)
+    python -m mlops_assets.serving --role ingress --http_port 8000      (the local ingress of every model + supervisor)
     python -m mlops_assets.serving --standby predictor|transformer      (warm pool: imports, then reads
                                                                           its arguments from stdin)
 """
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
         argv = wait_for_assignment(argv[1] if len(argv) > 1 else "")
     args = parse_args(argv)
-    if args.model_name is None:
+    if args.model_name is None and args.role != "ingress":  # the ingress serves every model
         from mlops_assets.settings import get_settings
 
         args.model_name = get_settings().model_name

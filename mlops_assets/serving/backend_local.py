@@ -1,8 +1,10 @@
-"""The `local` profile's serving backend: KServe model servers on 127.0.0.1 behind a canary ingress.
+"""The `local` profile's serving backend: KServe model servers on 127.0.0.1 behind one ingress.
 
-The ingress process (``python -m mlops_assets.serving --role ingress``) owns and supervises the
-predictor and transformer processes and outlives the caller; this class starts it if needed and
-drives it through its loopback admin API. ``serving_dir/state.json`` says what is serving, so a new
+The ingress process (``python -m mlops_assets.serving --role ingress``) serves every model of the
+code location, owns and supervises their predictor and transformer processes and outlives the caller;
+this class starts it if needed (one per ``MLOPS_HOME``: ``MLOPS_HOME/serving/ingress.json`` says
+where it is, a file lock keeps two launchers from starting two) and drives one model's deployment
+through its loopback admin API. The model's ``serving_dir/state.json`` says what is serving, so a new
 Dagster run or ``mlops status`` finds the same deployment. Safe to import in the Dagster process
 (no kserve import).
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from mlops_assets.atomic import file_lock
+from mlops_assets.serving.fleet import index_path, targets_path
 from mlops_assets.serving.revision import state_pids
 from mlops_assets.serving.server import DEFAULT_MAX_REQUEST_BYTES
 from mlops_assets.settings import Settings, get_settings
@@ -42,7 +46,8 @@ class LocalServingBackend:
 
     @property
     def targets_path(self) -> Path:
-        return self.settings.serving_dir / "prometheus_targets.json"
+        """Prometheus file-SD targets of the ingress and every model's replicas."""
+        return targets_path(self.settings)
 
     @property
     def endpoint(self) -> str | None:
@@ -52,9 +57,8 @@ class LocalServingBackend:
 
     # --- deployment --------------------------------------------------------------------------
     def start(self) -> dict:
-        """Start the ingress if it is not running (serves 503 until a revision is deployed)."""
-        self._admin_url()
-        return self.status()
+        """Start the ingress if it is not running, and this model's route (503 until a revision is deployed)."""
+        return self._call("start")
 
     def deploy(self, model_version: str | None = None) -> dict:
         """Serve ``model_version`` (default ``@champion``) as the stable revision at 100%."""
@@ -81,35 +85,53 @@ class LocalServingBackend:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def status(self) -> dict:
-        """The live state from the ingress, or the last written state marked not running."""
-        state = self._read_state()
+        """This model's live state from the ingress, or the last written state marked not running."""
+        state, index = self._read_state(), self._read_index()
+        if index is not None:
+            try:
+                response = httpx.get(f"{index['endpoint']}/admin/state", params={"model": self.settings.model_name},
+                                     timeout=5.0)
+                if response.status_code == 200:
+                    return response.json()
+            except (httpx.HTTPError, ValueError):
+                pass
         if state is None:
             return {"running": False, "model_name": self.settings.model_name, "revisions": {}}
-        try:
-            return httpx.get(f"{state['endpoint']}/admin/state", timeout=5.0).json()
-        except (httpx.HTTPError, ValueError):
-            return {**state, "running": False}
+        return {**state, "running": False}
 
-    def stop(self) -> None:
-        """Stop the ingress and every serving process (pids from the state file as a fallback)."""
-        state = self._read_state()
-        if state is None:
-            return
-        try:
-            httpx.post(f"{state['endpoint']}/admin/stop", timeout=5.0)
-            _wait_for_exit(state["ingress"]["pid"], timeout=30.0)
-        except httpx.HTTPError:
-            pass
-        for pid in state_pids(state):
-            _kill(pid)
-        state["running"] = False
-        self.state_path.write_text(json.dumps(state, indent=2))
+    def stop(self, every_model: bool = False) -> None:
+        """Stop this model's serving processes (``every_model``: the ingress and every model's); the
+        ingress stops once it serves no model. Pids from the state files as a fallback."""
+        index = self._read_index()
+        states = [self._read_state()]
+        if every_model and index:
+            states += [_read_json(Path(folder) / "state.json") for folder in index.get("models", {}).values()]
+        if index is not None and _alive(index.get("pid")):
+            try:
+                answer = httpx.post(f"{index['endpoint']}/admin/stop",
+                                    json={} if every_model else {"model": self.settings.model_name}, timeout=60.0)
+                if every_model or answer.json().get("ingress"):
+                    _wait_for_exit(index["pid"], timeout=30.0)
+            except (httpx.HTTPError, ValueError):
+                pass
+        for state in filter(None, states):
+            for pid in state_pids(state):
+                _kill(pid)
+        state = states[0]
+        if state is not None:
+            state["running"] = False
+            self.state_path.write_text(json.dumps(state, indent=2))
 
     # --- internals ---------------------------------------------------------------------------
     def _call(self, action: str, params: dict | None = None) -> dict:
+        params = {**(params or {}), "model": self.settings.model_name}
         url = self._admin_url()
         try:
-            response = httpx.post(f"{url}/admin/{action}", json=params or {}, timeout=ADMIN_TIMEOUT_S)
+            try:
+                response = httpx.post(f"{url}/admin/{action}", json=params, timeout=ADMIN_TIMEOUT_S)
+            except httpx.ConnectError:  # the ingress was stopping (its last model stopped): start it again
+                url = self._admin_url()
+                response = httpx.post(f"{url}/admin/{action}", json=params, timeout=ADMIN_TIMEOUT_S)
         except httpx.HTTPError as exc:
             raise ServingBackendError(f"ingress at {url} did not answer {action}: {exc}") from exc
         if response.status_code != 200:
@@ -117,31 +139,37 @@ class LocalServingBackend:
         return response.json()
 
     def _read_state(self) -> dict | None:
-        try:
-            return json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return None
+        return _read_json(self.state_path)
+
+    def _read_index(self) -> dict | None:
+        return _read_json(index_path(self.settings))
 
     def _admin_url(self) -> str:
-        state = self._read_state()
-        if state and _alive(state["ingress"]["pid"]) and _answers(state["endpoint"]):
-            return state["endpoint"]
-        if state:  # a dead ingress's children die with it; clear any left over
-            for pid in state_pids(state):
-                _kill(pid)
-        port = _free_or_new_port(state["ingress"]["port"] if state else None)
-        self._spawn_ingress(port)
-        return f"http://127.0.0.1:{port}"
+        """The running ingress's address; started first if there is none (one launcher at a time)."""
+        with file_lock(self.settings.ingress_dir / "ingress.lock"):
+            index = self._read_index()
+            if index and _alive(index.get("pid")):
+                # a busy ingress is still the ingress: a second one would split the models between two
+                if _answers(index["endpoint"], patience=INGRESS_START_TIMEOUT_S):
+                    return index["endpoint"]
+                _kill(index["pid"])  # alive but deaf for a minute: replaced
+            if index:  # a dead ingress's children die with it; clear any left over
+                for folder in index.get("models", {}).values():
+                    for pid in state_pids(_read_json(Path(folder) / "state.json") or {}):
+                        _kill(pid)
+            port = _free_or_new_port(index["port"] if index else None)
+            self._spawn_ingress(port)
+            return f"http://127.0.0.1:{port}"
 
     def _spawn_ingress(self, port: int) -> None:
-        log_dir = self.settings.logs_dir / "serving"
+        log_dir = self.settings.home / "logs" / "serving"
         log_dir.mkdir(parents=True, exist_ok=True)
-        work_dir = self.settings.serving_dir / "run"
+        work_dir = self.settings.ingress_dir / "run"
         work_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "ingress.log", "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlops_assets.serving", "--role", "ingress", "--http_port", str(port),
-                 "--model_name", self.settings.model_name, "--max_request_bytes", str(self.max_request_bytes)],
+                 "--max_request_bytes", str(self.max_request_bytes)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.settings.serving_env(),  # nothing inherited from the caller (e.g. Feast's state)
                 cwd=str(work_dir), start_new_session=True)  # outlives the caller (a Dagster run)
@@ -156,11 +184,26 @@ class LocalServingBackend:
         raise ServingBackendError(f"ingress on port {port} did not start within {INGRESS_START_TIMEOUT_S:.0f} s")
 
 
-def _answers(url: str) -> bool:
+def _read_json(path: Path) -> dict | None:
     try:
-        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _answers(url: str, patience: float = 0.0) -> bool:
+    """Whether the ingress at ``url`` answers its health check (asking again for ``patience`` seconds)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _alive(pid: int | None) -> bool:

@@ -27,11 +27,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
 from mlops_assets.atomic import atomic_write_text
-from mlops_assets.serving.revision import Child, Replica, Revision, Router, free_port, scrape_targets
+from mlops_assets.serving.revision import Child, Replica, Revision, Router, free_port
 from mlops_assets.serving.standby import StandbyPool
 from mlops_assets.serving.validation import ServingError
 from mlops_assets.settings import Settings
@@ -62,14 +63,17 @@ def _die_with_parent() -> None:
 class Controller:
     """Starts, stops and supervises the revisions; every deployment change goes through one lock."""
 
-    def __init__(self, settings: Settings, model_name: str, port: int, max_request_bytes: int):
+    def __init__(self, settings: Settings, model_name: str, port: int, max_request_bytes: int,
+                 on_change: Callable[[], None] | None = None):
         self.settings = settings
         self.model_name = model_name
         self.port = port
         self.max_request_bytes = max_request_bytes
         self.replicas = settings.serving_replicas
         self.hold_s = settings.serving_hold_s
-        self.router = Router()
+        self.entity = settings.dataset_spec().entity  # a V1 instance's entity id picks its revision (sticky)
+        self.on_change = on_change  # the ingress's index of every model (ingress.json, scrape targets)
+        self.router = Router(model_name)
         self.lock = asyncio.Lock()
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0),
                                         limits=httpx.Limits(max_connections=200, max_keepalive_connections=64))
@@ -340,10 +344,9 @@ class Controller:
                 "updated_at": _now()}
 
     def write_state(self, running: bool = True) -> None:
-        state = self.state(running)
-        write_json_atomically(self.settings.serving_dir / "state.json", state)
-        write_json_atomically(self.settings.serving_dir / "prometheus_targets.json",
-                              scrape_targets(state) if running else [])
+        write_json_atomically(self.settings.serving_dir / "state.json", self.state(running))
+        if self.on_change is not None:
+            self.on_change()
 
 
 async def _terminate(child: Child, grace: float = 15.0) -> None:

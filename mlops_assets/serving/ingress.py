@@ -1,6 +1,9 @@
-"""The local ingress: a weighted proxy in front of the stable and canary revisions, and (through
-:class:`~mlops_assets.serving.controller.Controller`) the supervisor of the serving processes behind
-it: one long-lived process in its own session, so serving outlives the run that deployed it.
+"""The local ingress: one long-lived process (in its own session, so serving outlives the run that
+deployed it) in front of every model of the code location. Requests are routed by the model their
+path names (``/v1/models/<name>:predict``, ``/v2/models/<name>/infer``, ...) to that model's stable
+and canary revisions; :class:`~mlops_assets.serving.fleet.Fleet` holds a
+:class:`~mlops_assets.serving.controller.Controller` per model, the supervisor of its processes.
+A path naming no model, or a model not deployed here, gets a 404 naming the models served.
 
 - Traffic split like KServe's ``canaryTrafficPercent``. A V1 request whose first instance names an
   entity (``{"instances": [{"customer_id": 7, ...}]}``) is routed by a stable hash of that id, so a
@@ -18,8 +21,11 @@ it: one long-lived process in its own session, so serving outlives the run that 
   are held (like Knative's activator) for up to ``MLOPS_SERVING_HOLD_S`` seconds, then answered 503
   naming the revision.
 - Every answer of the ingress itself is JSON, its own internal errors included.
-- ``/admin/*`` (loopback only) changes the deployment; ``/metrics`` adds the loop gauges textfile.
-- State goes to ``serving_dir/state.json`` and the scrape targets to ``prometheus_targets.json``.
+- ``/admin/*`` (loopback only) changes a model's deployment (``{"model": "<name>", ...}``);
+  ``/metrics`` adds every served model's loop gauges; ``/v2/health/ready`` says whether every served
+  model has a ready replica; ``GET /v1/models`` lists the models.
+- Each model's state goes to its ``serving_dir/state.json``; the ingress's index to
+  ``MLOPS_HOME/serving/ingress.json`` and the scrape targets of all of them to ``prometheus_targets.json``.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ import os
 import signal
 import time
 import uuid
-from pathlib import Path
+from urllib.parse import parse_qs
 
 import orjson
 
 from mlops_assets.serving.controller import Controller, ControllerError, Revision
+from mlops_assets.serving.fleet import Fleet
 from mlops_assets.serving.metrics import exposition, ingress_series
 from mlops_assets.serving.routing import REVISION_HEADER, SHADOW_HEADER
 from mlops_assets.serving.server import (
@@ -44,7 +51,6 @@ from mlops_assets.serving.server import (
     send_json,
 )
 from mlops_assets.serving.upstream import Upstream, UpstreamError, UpstreamResponse
-from mlops_assets.settings import get_settings
 
 log = logging.getLogger("mlops.serving.ingress")
 
@@ -54,20 +60,18 @@ DROPPED_RESPONSE_HEADERS = {b"content-length", b"connection", b"keep-alive", b"t
 HOLD_RECHECK_S = 0.25
 SHADOW_MAX_INFLIGHT = 64
 
-__all__ = ["IngressApp", "ControllerError", "run_ingress"]
+__all__ = ["IngressApp", "ControllerError", "run_ingress", "model_of"]
 
 
 class IngressApp:
     """Raw ASGI app: proxy for inference paths, /metrics, /healthz and the /admin API."""
 
-    def __init__(self, controller: Controller, loop_metrics_path: Path):
-        self.controller = controller
-        self.loop_metrics_path = loop_metrics_path
-        self._counters: dict[tuple[str, int], object] = {}
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self._counters: dict[tuple[str, str, int], object] = {}
         # The proxy hop's pool (aiohttp: a third of httpx's CPU per request, see serving/upstream.py);
-        # the controller keeps its httpx client for readiness probes.
+        # the controllers keep their httpx clients for readiness probes.
         self.upstream = Upstream(timeout_s=60.0, connect_timeout_s=2.0)
-        self.entity = controller.settings.dataset_spec().entity
         self._shadows: set[asyncio.Task] = set()
         self.shadow_dropped = 0
 
@@ -99,32 +103,42 @@ class IngressApp:
         if path.startswith("/admin/"):
             return await self._admin(scope, receive, send)
         if path == "/metrics":
-            body = exposition(self.loop_metrics_path)
+            body = exposition(self.fleet.loop_textfiles())
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/plain; version=0.0.4"),
                                     (b"content-length", str(len(body)).encode())]})
             return await send({"type": "http.response.body", "body": body})
-        if path == "/healthz":
+        if path in ("/healthz", "/v2/health/live"):
             return await send_json(send, 200, {"status": "alive"})
-        return await self._proxy(scope, receive, send)
+        if path == "/v2/health/ready":
+            ready, models = self.fleet.ready()
+            return await send_json(send, 200 if ready else 503, {"ready": ready, "models": models})
+        if path in ("/v1/models", "/v2/models"):
+            return await send_json(send, 200, {"models": sorted(self.fleet.controllers)})
+        name = model_of(path)
+        if name is None:
+            raise ServingError(f"no route for {path[:200]!r}: models are served under /v1/models/<name> and "
+                               f"/v2/models/<name> (served: {', '.join(sorted(self.fleet.controllers)) or 'none'})",
+                               status=404)
+        return await self._proxy(self.fleet.get(name), scope, receive, send)
 
     async def _lifespan(self, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.controller.start_standby()
+                self.fleet.write_index()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.controller.stop_all()  # children stop before the process exits
+                await self.fleet.stop_all()  # children stop before the process exits
                 await self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _proxy(self, scope, receive, send) -> None:
-        body = await read_body(scope, receive, self.controller.max_request_bytes)
+    async def _proxy(self, controller: Controller, scope, receive, send) -> None:
+        body = await read_body(scope, receive, controller.max_request_bytes)
         check_binary_header(scope, body)
-        router = self.controller.router
-        revision = router.route(self._entity_of(scope, body) if router.split else None)
+        router = controller.router
+        revision = router.route(self._entity_of(controller.entity, scope, body) if router.split else None)
         if revision is None:
             raise ServingError("no revision is serving", status=503)
         shadow = router.shadow() if scope["path"].endswith(":predict") else None
@@ -137,59 +151,64 @@ class IngressApp:
         headers = [*forwarded, (REVISION_HEADER, revision.name)]
         revision.inflight += 1
         try:
-            response = await self._send_to_ready_replica(revision, scope["method"], url_path, headers, body)
+            response = await self._send_to_ready_replica(controller, revision, scope["method"], url_path, headers,
+                                                         body)
         finally:
             revision.inflight -= 1
-        self._count(revision.name, response.status)
+        self._count(controller.model_name, revision.name, response.status)
         out_headers = [(k, v) for k, v in response.raw_headers if k.lower() not in DROPPED_RESPONSE_HEADERS]
         out_headers.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": response.body})
         if shadow is not None and response.status == 200:
-            self._send_shadow_copy(shadow, scope["method"], url_path, forwarded, body)
+            self._send_shadow_copy(controller, shadow, scope["method"], url_path, forwarded, body)
 
-    def _entity_of(self, scope, body: bytes) -> int | None:
+    @staticmethod
+    def _entity_of(entity: str, scope, body: bytes) -> int | None:
         """The entity id of a V1 request's first instance, if it names one (else None: round robin)."""
         if not scope["path"].endswith((":predict", ":explain")):
             return None
         try:
             instances = orjson.loads(body).get("instances")
-            value = instances[0].get(self.entity)
+            value = instances[0].get(entity)
         except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError):
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    def _send_shadow_copy(self, revision: Revision, method: str, url_path: str, headers: list,
-                          body: bytes) -> None:
+    def _send_shadow_copy(self, controller: Controller, revision: Revision, method: str, url_path: str,
+                          headers: list, body: bytes) -> None:
         """Fire and forget: the challenger's answer is only logged (by its transformer)."""
         if len(self._shadows) >= SHADOW_MAX_INFLIGHT:
             self.shadow_dropped += 1
             return
         headers = [*headers, (REVISION_HEADER, revision.name), (SHADOW_HEADER, "1")]
-        task = asyncio.get_running_loop().create_task(self._shadow(revision, method, url_path, headers, body))
+        task = asyncio.get_running_loop().create_task(self._shadow(controller, revision, method, url_path,
+                                                                   headers, body))
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _shadow(self, revision: Revision, method: str, url_path: str, headers: list, body: bytes) -> None:
+    async def _shadow(self, controller: Controller, revision: Revision, method: str, url_path: str, headers: list,
+                      body: bytes) -> None:
+        model = controller.model_name
         revision.inflight += 1
         try:
             replicas = revision.ready_replicas()
             if not replicas:
-                self._count("shadow", 503)
+                self._count(model, "shadow", 503)
                 return
-            response = await self.controller.client.request(
+            response = await controller.client.request(
                 method, replicas[0].transformer.url + url_path, content=body, headers=headers)
-            self._count("shadow", response.status_code)
+            self._count(model, "shadow", response.status_code)
         except Exception as exc:  # the challenger's failure is never the client's
-            self._count("shadow", 502)
+            self._count(model, "shadow", 502)
             log.warning("shadow copy to %s failed: %s", revision.name, type(exc).__name__)
         finally:
             revision.inflight -= 1
 
-    async def _send_to_ready_replica(self, revision: Revision, method: str, url_path: str, headers: list,
-                                     body: bytes) -> UpstreamResponse:
+    async def _send_to_ready_replica(self, controller: Controller, revision: Revision, method: str, url_path: str,
+                                     headers: list, body: bytes) -> UpstreamResponse:
         """Try the revision's ready replicas in turn; hold while none is ready, up to the hold time."""
-        deadline = time.monotonic() + self.controller.hold_s
+        deadline = time.monotonic() + controller.hold_s
         failed: set[int] = set()
         last_problem = "no ready replica"
         while True:
@@ -208,19 +227,19 @@ class IngressApp:
                     continue
                 return response
             if time.monotonic() >= deadline:
-                self._count(revision.name, 503)
-                raise ServingError(f"revision {revision.name} (model version {revision.model_version}) has no "
-                                   f"ready replica after waiting {self.controller.hold_s:g} s ({last_problem})",
-                                   status=503)
+                self._count(controller.model_name, revision.name, 503)
+                raise ServingError(f"{controller.model_name} revision {revision.name} (model version "
+                                   f"{revision.model_version}) has no ready replica after waiting "
+                                   f"{controller.hold_s:g} s ({last_problem})", status=503)
             # Held (like Knative's activator) until a replica turns ready, re-checking now and then.
-            await self.controller.wait_for_readiness_change(min(HOLD_RECHECK_S, deadline - time.monotonic()))
+            await controller.wait_for_readiness_change(min(HOLD_RECHECK_S, deadline - time.monotonic()))
             failed.clear()
 
-    def _count(self, revision: str, code: int) -> None:
-        key = (revision, code)
+    def _count(self, model: str, revision: str, code: int) -> None:
+        key = (model, revision, code)
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = ingress_series()[0].labels(revision, str(code))
+            counter = self._counters[key] = ingress_series()[0].labels(model, revision, str(code))
         counter.inc()
 
     async def _admin(self, scope, receive, send) -> None:
@@ -231,12 +250,31 @@ class IngressApp:
             raise ServingError("admin body must be JSON", 400) from None
         if not isinstance(params, dict):
             raise ServingError("admin body must be a JSON object", 400)
-        controller, action = self.controller, scope["path"].removeprefix("/admin/")
+        action, fleet = scope["path"].removeprefix("/admin/"), self.fleet
+        model = params.get("model") or parse_qs(scope["query_string"].decode("latin-1")).get("model", [None])[0]
         if scope["method"] == "GET" and action == "state":
-            return await send_json(send, 200, controller.state())
+            if model:
+                return await send_json(send, 200, fleet.get(model).state())
+            return await send_json(send, 200, {**fleet.index(), "states": {
+                name: controller.state() for name, controller in fleet.controllers.items()}})
         if scope["method"] != "POST":
             raise ServingError(f"unknown admin call {scope['method']} {scope['path']}", 404)
-        if action == "deploy":
+        if action == "stop":  # one model's serving; the ingress itself once it serves no model
+            if model:
+                await fleet.close(model)
+            if model and fleet.controllers:
+                return await send_json(send, 200, {"stopping": model, "ingress": False})
+            await send_json(send, 200, {"stopping": model, "ingress": True})
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down; lifespan stops the children
+            return
+        if action not in ("start", "deploy", "traffic", "promote", "rollback"):
+            raise ServingError(f"unknown admin call {action!r}", 404)
+        if not isinstance(model, str) or not model:
+            raise ServingError(f"admin {action} needs the model: {{\"model\": \"<name>\"}}", 400)
+        controller = await fleet.open(model) if action in ("start", "deploy") else fleet.get(model)
+        if action == "start":
+            result = controller.state()
+        elif action == "deploy":
             mode = params.get("mode", "canary")
             if mode not in ("canary", "shadow"):
                 raise ServingError(f"mode must be 'canary' or 'shadow', got {mode!r}", 400)
@@ -249,15 +287,18 @@ class IngressApp:
             result = await controller.set_traffic(_percent(params.get("percent")))
         elif action == "promote":
             result = await controller.promote()
-        elif action == "rollback":
-            result = await controller.rollback()
-        elif action == "stop":
-            await send_json(send, 200, {"stopping": True})
-            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down; lifespan stops the children
-            return
         else:
-            raise ServingError(f"unknown admin call {action!r}", 404)
+            result = await controller.rollback()
         await send_json(send, 200, result)
+
+
+def model_of(path: str) -> str | None:
+    """The model a KServe path names: ``/v1/models/<name>[:verb]``, ``/v2/models/<name>[/...]``."""
+    for prefix in ("/v1/models/", "/v2/models/"):
+        if path.startswith(prefix):
+            name = path[len(prefix):].split("/", 1)[0].split(":", 1)[0]
+            return name or None
+    return None
 
 
 def _percent(value) -> int:
@@ -273,13 +314,10 @@ def run_ingress(args) -> None:
     from mlops_assets.serving.server import configure_logging, freeze_startup_heap
 
     configure_logging()
-    settings = get_settings()
-    controller = Controller(settings, args.model_name, args.http_port, args.max_request_bytes)
-    app = IngressApp(controller, settings.model_home / "metrics" / "loop.prom")
-    controller.write_state()
+    app = IngressApp(Fleet(args.http_port, args.max_request_bytes))
     config = uvicorn.Config(app, host=args.host, port=args.http_port, log_config=None, access_log=False,
                             loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="on", timeout_keep_alive=65,
                             timeout_graceful_shutdown=20)
-    log.info("ingress for %s on http://%s:%d", args.model_name, args.host, args.http_port)
+    log.info("ingress for every model on http://%s:%d", args.host, args.http_port)
     freeze_startup_heap()
     uvicorn.Server(config).run()

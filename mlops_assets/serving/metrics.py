@@ -37,13 +37,14 @@ _INGRESS_SERIES: tuple[Counter, Gauge] | None = None
 
 
 def ingress_series() -> tuple[Counter, Gauge]:
-    """(requests by revision and code, canary percent), registered only in the ingress process:
-    a module-level gauge would make every model server expose a stale canary share of 0."""
+    """(requests by model, revision and code; canary percent by model), registered only in the ingress
+    process: a module-level gauge would make every model server expose a stale canary share of 0."""
     global _INGRESS_SERIES
     if _INGRESS_SERIES is None:
         _INGRESS_SERIES = (Counter("mlops_ingress_requests_total", "requests through the local ingress",
-                                   ("revision", "code")),
-                           Gauge("mlops_canary_traffic_percent", "share of traffic routed to the canary"))
+                                   ("model_name", "revision", "code")),
+                           Gauge("mlops_canary_traffic_percent", "share of traffic routed to the canary",
+                                 ("model_name",)))
     return _INGRESS_SERIES
 
 
@@ -109,13 +110,8 @@ class ServerMetrics:
         self._child(MODEL_VERSION, revision, str(model_version)).set(1)
 
 
-def exposition(extra_textfile: Path | None = None) -> bytes:
-    """The registry in text format, followed by a textfile's series (loop gauges) if it exists."""
-    body = generate_latest(REGISTRY)
-    if extra_textfile is not None:
-        try:
-            extra = extra_textfile.read_bytes()
-        except OSError:
-            return body
-        body += extra if extra.endswith(b"\n") or not extra else extra + b"\n"
-    return body
+def exposition(loop_textfiles: Iterable[Path] = ()) -> bytes:
+    """The registry in text format, followed by the loop gauges of the given textfiles (merged)."""
+    from mlops_assets.monitoring.loop_metrics import merged_loop_gauges_text
+
+    return generate_latest(REGISTRY) + merged_loop_gauges_text(loop_textfiles).encode()

@@ -97,7 +97,8 @@ class Router:
     stable, and :meth:`shadow` names the challenger that gets a copy.
     """
 
-    def __init__(self):
+    def __init__(self, model_name: str = ""):
+        self.model_name = model_name
         self.stable: Revision | None = None
         self.canary: Revision | None = None
         self.canary_percent = 0
@@ -110,7 +111,7 @@ class Router:
         self.canary_percent = percent if canary is not None and self.mode == "canary" else 0
         if stable is not None and stable.name != "stable":
             stable.name = "stable"
-        ingress_series()[1].set(self.canary_percent)
+        ingress_series()[1].labels(self.model_name).set(self.canary_percent)
 
     @property
     def split(self) -> bool:
@@ -135,20 +136,19 @@ class Router:
         return stable
 
 
-def scrape_targets(state: dict) -> list[dict]:
-    """Prometheus file-SD groups: the ingress and every replica's predictor and transformer."""
-    model = state["model_name"]
-    groups = [{"targets": [f"127.0.0.1:{state['ingress']['port']}"],
-               "labels": {"role": "ingress", "model_name": model}}]
-    for name, revision in state["revisions"].items():
-        if revision is None:
-            continue
-        for index, replica in enumerate(revision.get("replicas") or [revision]):
-            for role in ("predictor", "transformer"):
-                groups.append({"targets": [f"127.0.0.1:{replica[role]['port']}"],
-                               "labels": {"revision": name, "role": role, "model_name": model,
-                                          "replica": str(index),
-                                          "model_version": str(revision["model_version"])}})
+def scrape_targets(ingress_port: int, states: list[dict]) -> list[dict]:
+    """Prometheus file-SD groups: the one ingress, and every model's replicas (predictor and transformer)."""
+    groups = [{"targets": [f"127.0.0.1:{ingress_port}"], "labels": {"role": "ingress"}}]
+    for state in states:
+        for name, revision in state["revisions"].items():
+            if revision is None:
+                continue
+            for index, replica in enumerate(revision.get("replicas") or [revision]):
+                for role in ("predictor", "transformer"):
+                    groups.append({"targets": [f"127.0.0.1:{replica[role]['port']}"],
+                                   "labels": {"revision": name, "role": role, "model_name": state["model_name"],
+                                              "replica": str(index),
+                                              "model_version": str(revision["model_version"])}})
     return groups
 
 

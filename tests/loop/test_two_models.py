@@ -4,6 +4,7 @@ and its traffic (issue 13)."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 
@@ -67,6 +68,31 @@ def test_each_model_serves_its_own_champion_on_its_own_route(two_models):
         assert ModelRegistry(settings[name]).version_of("champion") == "1"
 
 
+def test_one_ingress_routes_every_model(two_models):
+    settings, _, _ = two_models
+    churn, tumor = (LocalServingBackend(settings[name]).status() for name in ("churn", "tumor"))
+    assert churn["endpoint"] == tumor["endpoint"] and churn["ingress"]["pid"] == tumor["ingress"]["pid"]
+    endpoint = churn["endpoint"]
+    assert httpx.get(f"{endpoint}/v1/models", timeout=5).json() == {"models": ["churn", "tumor"]}
+    ready = httpx.get(f"{endpoint}/v2/health/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json()["models"] == {"churn": True, "tumor": True}
+    assert httpx.get(f"{endpoint}/v2/models/tumor", timeout=10).json()["name"] == "tumor"
+    # a path naming no served model: 404 naming the ones there are; churn's row sent to tumor is tumor's 4xx
+    unknown = httpx.post(f"{endpoint}/v1/models/credit:predict", json={"instances": [{"customer_id": 1}]}, timeout=5)
+    assert unknown.status_code == 404 and "churn, tumor" in unknown.json()["error"]
+    wrong = httpx.post(f"{endpoint}/v1/models/tumor:predict", json={"instances": [{"customer_id": 1}]}, timeout=10)
+    assert 400 <= wrong.status_code < 500 and "error" in wrong.json(), wrong.text
+    # one scrape target for the ingress, the replicas of both models; both models' series on the ingress
+    targets = json.loads(LocalServingBackend(settings["tumor"]).targets_path.read_text())
+    assert [group["labels"]["role"] for group in targets].count("ingress") == 1
+    assert {group["labels"].get("model_name") for group in targets if group["labels"]["role"] == "predictor"} == {
+        "churn", "tumor"}
+    metrics = httpx.get(f"{endpoint}/metrics", timeout=5).text
+    for name in ("churn", "tumor"):
+        assert f'mlops_canary_traffic_percent{{model_name="{name}"}} 0.0' in metrics
+        assert f'mlops_ingress_requests_total{{code="200",model_name="{name}",revision="stable"}}' in metrics
+
+
 def test_drift_in_one_model_retrains_only_that_model(two_models):
     settings, defs, instance = two_models
     churn_before = LocalServingBackend(settings["churn"]).status()
@@ -96,3 +122,16 @@ def test_drift_in_one_model_retrains_only_that_model(two_models):
     churn_after = LocalServingBackend(settings["churn"]).status()
     assert churn_after["revisions"]["stable"] == churn_before["revisions"]["stable"]
     assert predict(settings["churn"], [{"customer_id": 2}])[0]["model_version"] == "1"
+
+
+def test_stopping_one_model_leaves_the_other_serving(two_models):
+    settings, _, _ = two_models
+    ingress = LocalServingBackend(settings["churn"]).status()["ingress"]["pid"]
+    LocalServingBackend(settings["tumor"]).stop()
+    assert LocalServingBackend(settings["tumor"]).status()["running"] is False
+    churn = LocalServingBackend(settings["churn"]).status()
+    assert churn["running"] and churn["ingress"]["pid"] == ingress
+    assert predict(settings["churn"], [{"customer_id": 3}])[0]["model_version"] == "1"
+    gone = httpx.post(f"{churn['endpoint']}/v1/models/tumor:predict", json={"instances": tumor_rows(1.0)[:1]},
+                      timeout=5)
+    assert gone.status_code == 404 and "not served here (served: churn)" in gone.json()["error"]

@@ -238,7 +238,8 @@ def test_metrics_expose_every_documented_series(world, deployment):
     version_info = {"model_name": "churn", "revision": "stable", "role": "predictor",
                     "model_version": stable["model_version"]}
     assert scrape(stable["predictor"]["url"])[("mlops_model_version_info", frozenset(version_info.items()))] == 1
-    for name in ("mlops_ingress_requests_total", "mlops_canary_traffic_percent 20.0",
+    for name in ('mlops_ingress_requests_total{code="200",model_name="churn",',
+                 'mlops_canary_traffic_percent{model_name="churn"} 20.0',
                  'mlops_drift_share{model_name="churn"} 0.25'):
         assert name in ingress, name
     targets = json.loads(deployment.backend.targets_path.read_text())

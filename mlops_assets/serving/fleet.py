@@ -1,0 +1,119 @@
+"""Every model the one local ingress serves: a :class:`Controller` per model, made when the model is
+first deployed (or started), each with its own revisions, replicas, warm standby pool and state file
+(``<model's serving_dir>/state.json``).
+
+The ingress's own index, ``MLOPS_HOME/serving/ingress.json`` (pid, port, the models it serves and
+where their state is), tells a launcher where the ingress is; ``MLOPS_HOME/serving/prometheus_targets.json``
+lists the ingress once and every model's replicas, for Prometheus's file-based discovery.
+A model is known by the catalog (``MLOPS_MODELS_DIR``, read again for a name not seen yet, so a
+spec added after the ingress started can be served without restarting it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlops_assets.monitoring.loop_metrics import loop_metrics_path
+from mlops_assets.serving.controller import Controller, write_json_atomically
+from mlops_assets.serving.revision import scrape_targets
+from mlops_assets.serving.validation import ServingError
+from mlops_assets.settings import Settings, base_settings
+
+
+class UnknownModel(ServingError):
+    status = 404
+
+
+def index_path(settings: Settings) -> Path:
+    return settings.ingress_dir / "ingress.json"
+
+
+def targets_path(settings: Settings) -> Path:
+    return settings.ingress_dir / "prometheus_targets.json"
+
+
+def model_settings(base: Settings, name: str) -> Settings:
+    """The settings of model ``name`` from the catalog (``base``: the settings no model was chosen for)."""
+    from mlops_assets.catalog import ModelSpecError
+
+    if base.models_dir is None and name == base.model_name:
+        return base  # the built-in model, exactly as `get_settings()` resolves it
+    try:
+        return base.for_model(base.catalog().get(name))
+    except ModelSpecError as exc:
+        raise UnknownModel(f"model {name!r} is not in this code location's catalog: {exc}") from exc
+
+
+class Fleet:
+    def __init__(self, port: int, max_request_bytes: int, base: Settings | None = None):
+        self.base = base or base_settings()
+        self.port = port
+        self.max_request_bytes = max_request_bytes
+        self.controllers: dict[str, Controller] = {}
+        self._opening = asyncio.Lock()
+        self.started_at = datetime.now(timezone.utc).isoformat()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, name: str) -> Controller:
+        controller = self.controllers.get(name)
+        if controller is None:
+            served = ", ".join(sorted(self.controllers)) or "none yet"
+            raise UnknownModel(f"model {name!r} is not served here (served: {served}); a deployment of it "
+                               "starts its route")
+        return controller
+
+    async def open(self, name: str) -> Controller:
+        """The model's controller, made (and its warm pool started) on first use. The catalog is read
+        in a thread: the ingress keeps answering the other models meanwhile."""
+        async with self._opening:
+            controller = self.controllers.get(name)
+            if controller is None:
+                settings = await asyncio.to_thread(model_settings, self.base, name)
+                controller = await asyncio.to_thread(Controller, settings, name, self.port, self.max_request_bytes,
+                                                     self.write_index)
+                self.controllers[name] = controller
+                controller.start_standby()
+                controller.write_state()
+            return controller
+
+    async def close(self, name: str) -> None:
+        """Stop one model's revisions and standby processes; the others keep serving."""
+        controller = self.get(name)
+        try:
+            await controller.stop_all()
+        finally:
+            self.controllers.pop(name, None)
+            self.write_index()
+
+    async def stop_all(self) -> None:
+        """The ingress is shutting down: every model stops, the index says so."""
+        for name in list(self.controllers):
+            await self.close(name)
+        self.write_index(running=False)
+
+    def loop_textfiles(self) -> list[Path]:
+        return [loop_metrics_path(controller.settings) for controller in self.controllers.values()]
+
+    def ready(self) -> tuple[bool, dict[str, bool]]:
+        """Ready when a model is served and every served model's routed revision has a ready replica."""
+        models = {}
+        for name, controller in self.controllers.items():
+            revision = controller.router.route()
+            models[name] = revision is not None and bool(revision.ready_replicas())
+        return bool(models) and all(models.values()), models
+
+    def index(self) -> dict:
+        return {"pid": os.getpid(), "port": self.port, "endpoint": self.endpoint, "started_at": self.started_at,
+                "models": {name: str(controller.settings.serving_dir)
+                           for name, controller in sorted(self.controllers.items())}}
+
+    def write_index(self, running: bool = True) -> None:
+        write_json_atomically(index_path(self.base), {**self.index(), "running": running})
+        states = [controller.state() for controller in self.controllers.values()]
+        write_json_atomically(targets_path(self.base), scrape_targets(self.port, states) if running else [])
