@@ -23,6 +23,9 @@ class RolloutConfig(dg.Config):
     smoke_requests: int = 50
     max_error_rate: float = 0.0
     max_p99_ms: float = 250.0
+    # ...or, locally, a canary p99 within this many times the stable revision's, measured in the same
+    # smoke test (a loaded machine slows both alike); 0: the absolute limit only
+    max_p99_ratio: float = 2.0
     # The online A/B gate: off (promote once the smoke test passes), or keep the canary / shadow
     # running until `online_evaluation` promotes or rolls it back (see ab_test.py).
     ab: ABConfig = ABConfig()

@@ -31,7 +31,8 @@ class LocalBackend(ServingBackend):
         from mlops_assets.serving.smoke import run_smoke_test
 
         return require_passed(run_smoke_test(self.settings, revision=revision, n_requests=config.smoke_requests,
-                                             max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms),
+                                             max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms,
+                                             max_p99_ratio=config.max_p99_ratio),
                               revision)
 
     def serving_version(self) -> str | None:

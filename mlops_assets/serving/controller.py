@@ -33,7 +33,7 @@ import httpx
 
 from mlops_assets.atomic import atomic_write_text
 from mlops_assets.serving.revision import Child, Replica, Revision, Router, free_port
-from mlops_assets.serving.standby import StandbyPool
+from mlops_assets.serving.standby import STANDBY_NICENESS, StandbyPool, can_restore_priority
 from mlops_assets.serving.validation import ServingError
 from mlops_assets.settings import Settings
 
@@ -58,6 +58,11 @@ def write_json_atomically(path: Path, content) -> None:
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the ingress dies, so nothing is orphaned."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _standby_preexec() -> None:
+    _die_with_parent()
+    os.nice(STANDBY_NICENESS)
 
 
 class Controller:
@@ -223,12 +228,15 @@ class Controller:
 
     async def _start_process(self, argv: list[str], log_path: Path,
                              stdin=asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
+        preexec = _die_with_parent
         if argv[-2:-1] == ["--standby"]:
             stdin = asyncio.subprocess.PIPE  # it waits there for its arguments
+            # its imports yield the CPU to serving; it takes back normal priority once assigned
+            preexec = _standby_preexec if can_restore_priority() else _die_with_parent
         with open(log_path, "ab") as out:
             return await asyncio.create_subprocess_exec(
                 *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=stdin,
-                env=self.settings.serving_env(), cwd=str(self.work_dir), preexec_fn=_die_with_parent)
+                env=self.settings.serving_env(), cwd=str(self.work_dir), preexec_fn=preexec)
 
     async def _wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> dict:
         """Wait for readiness; a process that exits or reports a load error fails at once."""

@@ -5,7 +5,9 @@ then wait on stdin for the command line of the replica they become.
 On this machine a cold predictor spends most of its start in imports and in SHAP's first explanation
 (numba compiles its masking code: about 16 s on a loaded 2-core machine, 0.01 s afterwards); a warm
 one only loads its model version and warms the explainer on it, so readiness keeps its meaning (model
-loaded and explainer warmed before ``/v2/health/ready`` says 200). The pool is refilled once the
+loaded and explainer warmed before ``/v2/health/ready`` says 200). Standby processes run at niceness
+``STANDBY_NICENESS`` until assigned (when they can take priority 0 back), so their imports yield the
+CPU to the replicas serving traffic. The pool is refilled once the
 deployment has been quiet for ``REFILL_DELAY_S`` and no canary takes traffic, so the imports never
 compete with a rollout's smoke test. A replica restarted after a crash takes a standby as well when
 the pool has one.
@@ -30,6 +32,7 @@ from typing import Callable
 log = logging.getLogger("mlops.serving.standby")
 
 ROLES = ("predictor", "transformer")
+STANDBY_NICENESS = 10  # while importing and waiting: the CPU goes to serving first
 REFILL_DELAY_S = 5.0
 # prometheus_client before Feast: importing Feast sets PROMETHEUS_MULTIPROC_DIR, which must not switch
 # this server's metrics to multiprocess mode (a cold server imports them in the same order).
@@ -132,7 +135,25 @@ def wait_for_assignment(role: str) -> list[str]:
         raise SystemExit(0)
     argv = json.loads(line)
     sys.argv = [sys.argv[0], *argv]
+    take_back_priority(role)
     return argv
+
+
+def take_back_priority(role: str) -> None:
+    """Started niced by the controller: serve at normal priority."""
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except PermissionError:
+            log.warning("standby %s: cannot restore normal priority (RLIMIT_NICE); serving niced", role)
+
+
+def can_restore_priority() -> bool:
+    """Whether a niced standby can take back priority 0 once assigned (root, or RLIMIT_NICE >= 20);
+    otherwise standby processes start at normal priority."""
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
 @dataclass

@@ -42,7 +42,8 @@ def test_a_canary_that_fails_its_smoke_test_is_rolled_back_and_the_champion_rest
     serving_before = registry.version_of("champion")
     # a better model, but a latency budget no server can meet: the canary must fail and roll back
     result = platform.materialize(SERVE, {"ops": {"dataset": {"config": {"rows": 3_000}},
-                                                  "inference_service": {"config": {"max_p99_ms": 0.001}}}})
+                                                  "inference_service": {"config": {"max_p99_ms": 0.001,
+                                                                                    "max_p99_ratio": 0.0}}}})
     assert "rolled back" in step_failure(result, "inference_service")
     assert "inference_service" not in materialized(result)
     assert registry.version_of("champion") == serving_before, "@champion not restored after the failed canary"

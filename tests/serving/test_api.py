@@ -254,6 +254,23 @@ def test_smoke_test_reads_figures_from_the_servers(world, deployment):
     assert result["passed"], result
     assert result["model_version"] == world.versions["canary"] and result["server_requests"] >= 30
     assert result["server_error_rate"] == 0
+    # the stable revision is measured in the same test, on the same requests
+    assert result["stable_p99_latency_ms"] > 0 and result["stable_failed_requests"] == 0
+
+
+def test_smoke_latency_is_judged_against_the_stable_revision_measured_alongside(world, deployment):
+    from mlops_assets.serving.smoke import run_smoke_test
+
+    # an absolute limit no server meets: fails alone, passes when the canary is within 1000x stable
+    absolute = run_smoke_test(world.settings, revision="canary", n_requests=20, max_p99_ms=0.001, max_p99_ratio=0)
+    assert not absolute["checks"]["latency_ok"] and not absolute["passed"] and "stable_p99_latency_ms" not in absolute
+    relative = run_smoke_test(world.settings, revision="canary", n_requests=20, max_p99_ms=0.001,
+                              max_p99_ratio=1000)
+    assert relative["checks"]["latency_ok"] and relative["passed"], relative
+    assert relative["server_p99_latency_ms"] <= 1000 * relative["stable_p99_latency_ms"]
+    # ...but not when the canary is slower than a (made-up) fraction of stable
+    strict = run_smoke_test(world.settings, revision="canary", n_requests=20, max_p99_ms=0.001, max_p99_ratio=1e-6)
+    assert not strict["checks"]["latency_ok"]
 
 
 def test_predictor_that_cannot_load_never_reports_ready(world):

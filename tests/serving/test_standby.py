@@ -59,3 +59,30 @@ def test_the_pool_refills_only_when_no_deployment_is_under_way(tmp_path):
         await pool.stop()
 
     asyncio.run(scenario())
+
+
+# Reports its priority while waiting, takes its assignment like a standby, reports it again.
+PRIORITY = ("import os, sys; from mlops_assets.serving.standby import take_back_priority; "
+            "print('waiting', os.getpriority(os.PRIO_PROCESS, 0), flush=True); sys.stdin.readline(); "
+            "take_back_priority('predictor'); print('serving', os.getpriority(os.PRIO_PROCESS, 0), flush=True)")
+
+
+def test_a_standby_imports_niced_and_serves_at_normal_priority(tmp_path):
+    from mlops_assets.serving.controller import Controller
+    from mlops_assets.serving.standby import STANDBY_NICENESS, can_restore_priority
+    from mlops_assets.settings import get_settings
+
+    controller = Controller(get_settings({"MLOPS_HOME": str(tmp_path), "MLOPS_SERVING_STANDBY": "0"}), "churn",
+                            port=1, max_request_bytes=1024)
+    log_path = tmp_path / "standby.log"
+
+    async def scenario():
+        process = await controller._start_process([sys.executable, "-c", PRIORITY, "--standby", "predictor"],
+                                                  log_path)
+        await StandbyPool.assign(standby_module.Standby("predictor", process, log_path), ["a", "b", "c", "d"],
+                                 log_path)
+        assert await process.wait() == 0
+
+    asyncio.run(scenario())
+    niced = STANDBY_NICENESS if can_restore_priority() else 0
+    assert log_path.read_text().split() == ["waiting", str(niced), "serving", "0"]
