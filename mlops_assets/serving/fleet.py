@@ -104,8 +104,8 @@ class Fleet:
         """Ready when a model is served and every served model's routed revision has a ready replica."""
         models = {}
         for name, controller in self.controllers.items():
-            revision = controller.router.route()
-            models[name] = revision is not None and bool(revision.ready_replicas())
+            revision = controller.router.stable or controller.router.canary  # read only: routing is untouched
+            models[name] = revision is not None and any(replica.ready for replica in revision.replicas)
         return bool(models) and all(models.values()), models
 
     def index(self) -> dict:

@@ -140,7 +140,7 @@ class IngressApp:
         router = controller.router
         revision = router.route(self._entity_of(controller.entity, scope, body) if router.split else None)
         if revision is None:
-            raise ServingError("no revision is serving", status=503)
+            raise ServingError(f"no revision of {controller.model_name} is serving", status=503)
         shadow = router.shadow() if scope["path"].endswith(":predict") else None
         url_path = scope["raw_path"].decode("latin-1") + (
             ("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")

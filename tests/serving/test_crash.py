@@ -136,6 +136,7 @@ from pathlib import Path
 import httpx
 from mlops_assets.serving.controller import Controller
 from mlops_assets.serving.revision import Child, Replica, Revision
+from mlops_assets.serving.fleet import Fleet
 from mlops_assets.serving.ingress import IngressApp
 from mlops_assets.settings import get_settings
 
@@ -145,7 +146,9 @@ async def call():
     log = home / "unused.log"
     replica = Replica(0, Child("predictor", 1, [], log), Child("transformer", 2, [], log))
     controller.router.set(None, Revision("canary", "7", [replica], "now"), 100)
-    app = IngressApp(controller, home / "loop.prom")
+    fleet = Fleet(0, 1024, base=controller.settings)
+    fleet.controllers["churn"] = controller
+    app = IngressApp(fleet)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingress") as client:
         response = await client.post("/v1/models/churn:predict", json={"instances": [{"customer_id": 1}]})
     print(response.status_code, response.text)
@@ -164,4 +167,4 @@ def test_hold_ends_in_a_503_naming_the_revision(world, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     status, _, body = done.stdout.strip().partition(" ")
     assert status == "503"
-    assert "revision canary (model version 7) has no ready replica after waiting 0.3 s" in body
+    assert "churn revision canary (model version 7) has no ready replica after waiting 0.3 s" in body
