@@ -7,6 +7,10 @@ git server is what a team already runs. Each write clones the remote into a thro
 commits and tags there, pushes the data to the DVC remote (S3) and the commit + tag to git, and
 deletes the clone; a push that loses a race with another run is retried from a fresh clone. A
 reader needs only the URL: nothing of a previous run's disk is used.
+
+Several models (``MLOPS_MODELS_DIR``) share the remote: a model from the folder keeps its tables as
+``<model>.<table>.parquet`` with tags ``<model>.<table>-<md5>``, so one model never reads, lists or
+overwrites another's ``dataset`` or ``holdout`` (the built-in model keeps the plain names).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class GitRemoteVersioner(DataVersioner):
         super().__init__(settings)
         self.url = settings.data_git_url
 
+    def _table(self, name: str) -> str:
+        """The name of this model's table on the shared remote."""
+        return f"{self.settings.model_name}.{name}" if self.settings.model_prefix else name
+
     def location(self, version: TableVersion) -> str:
         return f"{self.url} {version.tag}:{version.path}"
 
@@ -43,6 +51,7 @@ class GitRemoteVersioner(DataVersioner):
         return result.stdout
 
     def commit_table(self, frame: pd.DataFrame, name: str, message: str) -> TableVersion:
+        name = self._table(name)
         self.settings.export_s3_env()  # DVC's S3 remote reads credentials from the environment
         last_error = None
         for _ in range(ATTEMPTS):
@@ -75,6 +84,7 @@ class GitRemoteVersioner(DataVersioner):
 
         import dvc.api
 
+        name = self._table(name)
         self.settings.export_s3_env()
         if md5:
             rev = version_tag(name, md5)
@@ -85,7 +95,7 @@ class GitRemoteVersioner(DataVersioner):
         return pd.read_parquet(io.BytesIO(data))
 
     def versions(self, name: str) -> list[str]:
-        prefix = f"refs/tags/{name}-"
+        prefix = f"refs/tags/{self._table(name)}-"
         lines = self._git("ls-remote", "--tags", self.url).splitlines()
         return sorted(line.split("\t")[1][len(prefix):] for line in lines
                       if "\t" in line and line.split("\t")[1].startswith(prefix) and not line.endswith("^{}"))
