@@ -57,7 +57,7 @@ def test_dashboard_has_the_required_panels() -> None:
     }
     for title, metric in expected.items():
         assert any(metric in expr for expr in exprs(panel_titled(title))), title
-    assert 'by (revision)' in " ".join(exprs(panel_titled("traffic split")))
+    assert 'by (model_name, revision)' in " ".join(exprs(panel_titled("traffic split")))  # one ingress, many models
 
 
 def test_panels_do_not_overlap_and_ids_are_unique() -> None:
