@@ -1,6 +1,7 @@
 """One door to the Feast store: training's point-in-time retrieval and serving's online lookup.
 
-Feast is imported lazily (it costs seconds); the feature definitions live in `feature_repo/`.
+Feast is imported lazily (it costs seconds), through ``feast_import.import_feast`` (without typeguard's
+instrumentation); the feature definitions live in `feature_repo/`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import pandas as pd
 import yaml
 
+from mlops_assets.features.feast_import import import_feast
 from mlops_assets.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +43,7 @@ def repo_config_dict(settings: Settings) -> dict:
 
 
 def open_store(settings: Settings) -> "FeatureStore":
+    import_feast()
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
@@ -55,6 +58,7 @@ def open_store(settings: Settings) -> "FeatureStore":
 
 def load_definitions(settings: Settings) -> list:
     """Import feature_repo/definitions.py afresh (it reads the settings) and return its Feast objects."""
+    import_feast()
     from feast import Entity, FeatureService, FeatureView, FileSource
 
     path = settings.feature_repo / "definitions.py"

@@ -117,6 +117,9 @@ class LocalServingBackend:
         for state in filter(None, states):
             for pid in state_pids(state):
                 _kill(pid)
+        if every_model and index is not None and index.get("running"):  # nothing to restore on the next start
+            index["running"] = False
+            index_path(self.settings).write_text(json.dumps(index, indent=2))
         state = states[0]
         if state is not None:
             state["running"] = False
@@ -207,6 +210,7 @@ def _answers(url: str, patience: float = 0.0) -> bool:
 
 
 def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie, e.g. a killed ingress this process started, does not)."""
     if not pid:
         return False
     try:
@@ -215,6 +219,12 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except (OSError, IndexError):
+        pass
     return True
 
 

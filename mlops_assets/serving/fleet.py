@@ -5,13 +5,16 @@ first deployed (or started), each with its own revisions, replicas, warm standby
 The ingress's own index, ``MLOPS_HOME/serving/ingress.json`` (pid, port, the models it serves and
 where their state is), tells a launcher where the ingress is; ``MLOPS_HOME/serving/prometheus_targets.json``
 lists the ingress once and every model's replicas, for Prometheus's file-based discovery.
-A model is known by the catalog (``MLOPS_MODELS_DIR``, read again for a name not seen yet, so a
+An ingress started after one that died (``kill -9``, a reboot) serves again, in the background, the
+stable revision of every model the dead one served. A model is known by the catalog (``MLOPS_MODELS_DIR``, read again for a name not seen yet, so a
 spec added after the ingress started can be served without restarting it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +24,9 @@ from mlops_assets.serving.controller import Controller, write_json_atomically
 from mlops_assets.serving.revision import scrape_targets
 from mlops_assets.serving.validation import ServingError
 from mlops_assets.settings import Settings, base_settings
+
+
+log = logging.getLogger("mlops.serving.fleet")
 
 
 class UnknownModel(ServingError):
@@ -81,6 +87,37 @@ class Fleet:
                 controller.start_standby()
                 controller.write_state()
             return controller
+
+    def crashed_index(self) -> dict | None:
+        """The index of an ingress before this one that did not stop cleanly (killed, machine restarted)."""
+        try:
+            index = json.loads(index_path(self.base).read_text())
+        except (OSError, ValueError):
+            return None
+        return index if isinstance(index, dict) and index.get("running") and index.get("models") else None
+
+    async def restore(self, crashed: dict) -> dict[str, str]:
+        """Serve again the stable revision each model of a crashed ingress was serving (its state file
+        says which version); a canary is not restored (its rollout ended with the crash). Returns
+        ``{model: version or the error}``."""
+        restored = {}
+        for name, folder in sorted(crashed.get("models", {}).items()):
+            try:
+                state = json.loads((Path(folder) / "state.json").read_text())
+                version = str(state["revisions"]["stable"]["model_version"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # nothing was serving for it
+            if not state.get("running"):
+                continue  # stopped on purpose while the ingress was down
+            try:
+                await (await self.open(name)).deploy(version, 0, as_canary=False)
+                restored[name] = version
+                log.warning("restored %s v%s after the previous ingress (pid %s) died", name, version,
+                            crashed.get("pid"))
+            except Exception as exc:  # one model's failure leaves the others restored
+                restored[name] = f"failed: {exc}"
+                log.error("cannot restore %s v%s: %s", name, version, exc)
+        return restored
 
     async def close(self, name: str) -> None:
         """Stop one model's revisions and standby processes; the others keep serving."""

@@ -74,6 +74,7 @@ class IngressApp:
         self.upstream = Upstream(timeout_s=60.0, connect_timeout_s=2.0)
         self._shadows: set[asyncio.Task] = set()
         self.shadow_dropped = 0
+        self._restoring: asyncio.Task | None = None  # serving a crashed ingress's models again
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -126,7 +127,10 @@ class IngressApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                crashed = self.fleet.crashed_index()  # read before this ingress's index replaces it
                 self.fleet.write_index()
+                if crashed:
+                    self._restoring = asyncio.get_running_loop().create_task(self.fleet.restore(crashed))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.fleet.stop_all()  # children stop before the process exits

@@ -51,7 +51,12 @@ def preload(role: str) -> None:
     started = time.perf_counter()
     for module in PRELOAD[role]:
         try:
-            importlib.import_module(module)
+            if module == "feast":  # as the server imports it: without typeguard's instrumentation
+                from mlops_assets.features.feast_import import import_feast
+
+                import_feast()
+            else:
+                importlib.import_module(module)
         except ImportError as exc:  # an optional backend missing: the server imports what it needs
             log.warning("standby %s: cannot preload %s: %s", role, module, exc)
     warm_ups = (_open_registry, _compile_shap) if role == "predictor" else (_open_feature_store,)

@@ -43,6 +43,7 @@ SMALLER = [
     (r"--requests 500 --rate 50", "--requests 40 --rate 20"),
     (r"--sizes [0-9,]+", "--sizes 2000"),
     (r"(benchmarks/catalog_benchmark\.py)", r"\1 --repeat 1"),
+    (r"(benchmarks/feast_import_benchmark\.py)", r"\1 --runs 1"),
     (r"(benchmarks/gate_benchmark\.py)", r"\1 --retrains 2 --rows 1500 --resamples 100"),
     (r"(benchmarks/serving_benchmark\.py)", r"\1 --requests 200 --seconds 2 --replicas 1 --home $MLOPS_HOME"),
 ]

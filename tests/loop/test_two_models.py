@@ -5,6 +5,8 @@ and its traffic (issue 13)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from datetime import datetime, timezone
 
@@ -122,6 +124,29 @@ def test_drift_in_one_model_retrains_only_that_model(two_models):
     churn_after = LocalServingBackend(settings["churn"]).status()
     assert churn_after["revisions"]["stable"] == churn_before["revisions"]["stable"]
     assert predict(settings["churn"], [{"customer_id": 2}])[0]["model_version"] == "1"
+
+
+def test_an_ingress_killed_with_kill_9_comes_back_serving_every_model(two_models):
+    settings, _, _ = two_models
+    backends = {name: LocalServingBackend(one) for name, one in settings.items()}
+    before = {name: backend.status() for name, backend in backends.items()}
+    versions = {name: str(state["revisions"]["stable"]["model_version"]) for name, state in before.items()}
+    os.kill(before["churn"]["ingress"]["pid"], signal.SIGKILL)  # its serving processes die with it
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{before['churn']['endpoint']}/v1/models", timeout=5)
+    # the next start of any one model starts an ingress that serves both again, on the same address
+    backends["churn"].start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        states = {name: backend.status() for name, backend in backends.items()}
+        if all((state["revisions"].get("stable") or {}).get("ready_replicas") for state in states.values()):
+            break
+        time.sleep(1)
+    for name, state in states.items():
+        assert state["ingress"]["pid"] != before[name]["ingress"]["pid"] and state["endpoint"] == before[name]["endpoint"]
+        assert str(state["revisions"]["stable"]["model_version"]) == versions[name], (name, state["revisions"])
+    assert predict(settings["churn"], [{"customer_id": 4}])[0]["model_version"] == versions["churn"]
+    assert {a["model_version"] for a in predict(settings["tumor"], tumor_rows(1.0)[:3])} == {versions["tumor"]}
 
 
 def test_stopping_one_model_leaves_the_other_serving(two_models):
