@@ -254,6 +254,8 @@ def _free_or_new_port(preferred: int | None) -> int:
 
     if preferred:
         with socket.socket() as sock:
+            # as uvicorn binds: the dead ingress's connections in TIME_WAIT do not make the port busy
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", preferred))
                 return preferred
