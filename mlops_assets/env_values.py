@@ -66,6 +66,13 @@ def count(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> 
     return int(value)
 
 
+def niceness(env: Mapping[str, str], name: str, default: int) -> int:
+    value = count(env, name, default, minimum=0)
+    if value > 19:
+        raise SettingsError(f"{name}={env.get(name)!r} must be a niceness from 0 to 19")
+    return value
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """``NAME=value`` lines (``#`` comments, blank lines ignored)."""
     values = {}

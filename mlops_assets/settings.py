@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlops_assets.catalog import Catalog, ModelSpec
 
 from mlops_assets.env_values import (GITOPS_REQUIRED, K8S_REQUIRED, STACK_REQUIRED, SettingsError, read_env_file,
-                                     count as _count, number as _number, positive as _positive)
+                                     count as _count, niceness as _niceness, number as _number,
+                                     positive as _positive)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("local", "stack", "k8s")
@@ -85,6 +86,7 @@ class Settings:
     serving_replicas: int = 2  # predictor+transformer pairs per revision
     serving_hold_s: float = 30.0  # how long the ingress holds a request while a revision has no ready replica
     serving_standby: int | None = None  # warm processes per role for the next rollout (None: one per replica)
+    serving_standby_niceness: int = 10  # standby processes import at this niceness (0: normal priority)
     # --- the stack profile's services ---
     postgres_url: str | None = None
     data_git_url: str | None = None
@@ -286,6 +288,7 @@ class Settings:
                     "MLOPS_SERVING_REPLICAS": str(self.serving_replicas),
                     "MLOPS_SERVING_HOLD_S": str(self.serving_hold_s),
                     **({"MLOPS_SERVING_STANDBY": str(self.serving_standby)} if self.serving_standby is not None else {}),
+                    "MLOPS_SERVING_STANDBY_NICENESS": str(self.serving_standby_niceness),
                     "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         if self.dataset_config:
             env["MLOPS_DATASET_CONFIG"] = self.dataset_config
@@ -387,6 +390,7 @@ def base_settings(env: Mapping[str, str] | None = None) -> Settings:
         serving_replicas=_count(env, "MLOPS_SERVING_REPLICAS", 2),
         serving_hold_s=_positive(env, "MLOPS_SERVING_HOLD_S", 30.0),
         serving_standby=_count(env, "MLOPS_SERVING_STANDBY", 1, minimum=0) if env.get("MLOPS_SERVING_STANDBY") else None,
+        serving_standby_niceness=_niceness(env, "MLOPS_SERVING_STANDBY_NICENESS", 10),
         postgres_url=env.get("MLOPS_POSTGRES_URL") or None,
         data_git_url=env.get("MLOPS_DATA_GIT_URL") or None,
         sink_url=(env.get("MLOPS_SINK_URL") or "").rstrip("/") or None,

@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,7 @@ import httpx
 
 from mlops_assets.atomic import atomic_write_text
 from mlops_assets.serving.revision import Child, Replica, Revision, Router, free_port
-from mlops_assets.serving.standby import STANDBY_NICENESS, StandbyPool, can_restore_priority
+from mlops_assets.serving.standby import StandbyPool, can_restore_priority
 from mlops_assets.serving.validation import ServingError
 from mlops_assets.settings import Settings
 
@@ -60,9 +61,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _standby_preexec() -> None:
+def _standby_preexec(niceness: int) -> None:
     _die_with_parent()
-    os.nice(STANDBY_NICENESS)
+    os.nice(niceness)
 
 
 class Controller:
@@ -232,7 +233,9 @@ class Controller:
         if argv[-2:-1] == ["--standby"]:
             stdin = asyncio.subprocess.PIPE  # it waits there for its arguments
             # its imports yield the CPU to serving; it takes back normal priority once assigned
-            preexec = _standby_preexec if can_restore_priority() else _die_with_parent
+            nice = self.settings.serving_standby_niceness
+            if nice and can_restore_priority():
+                preexec = partial(_standby_preexec, nice)
         with open(log_path, "ab") as out:
             return await asyncio.create_subprocess_exec(
                 *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=stdin,

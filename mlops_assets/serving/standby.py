@@ -6,7 +6,7 @@ On this machine a cold predictor spends most of its start in imports and in SHAP
 (numba compiles its masking code: about 16 s on a loaded 2-core machine, 0.01 s afterwards); a warm
 one only loads its model version and warms the explainer on it, so readiness keeps its meaning (model
 loaded and explainer warmed before ``/v2/health/ready`` says 200). Standby processes run at niceness
-``STANDBY_NICENESS`` until assigned (when they can take priority 0 back), so their imports yield the
+``MLOPS_SERVING_STANDBY_NICENESS`` (default 10) until assigned (when they can take priority 0 back), so their imports yield the
 CPU to the replicas serving traffic. The pool is refilled once the
 deployment has been quiet for ``REFILL_DELAY_S`` and no canary takes traffic, so the imports never
 compete with a rollout's smoke test. A replica restarted after a crash takes a standby as well when
@@ -32,7 +32,6 @@ from typing import Callable
 log = logging.getLogger("mlops.serving.standby")
 
 ROLES = ("predictor", "transformer")
-STANDBY_NICENESS = 10  # while importing and waiting: the CPU goes to serving first
 REFILL_DELAY_S = 5.0
 # prometheus_client before Feast: importing Feast sets PROMETHEUS_MULTIPROC_DIR, which must not switch
 # this server's metrics to multiprocess mode (a cold server imports them in the same order).

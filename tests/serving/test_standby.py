@@ -8,6 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from mlops_assets.serving import standby as standby_module
 from mlops_assets.serving.standby import StandbyPool
 
@@ -69,20 +71,24 @@ PRIORITY = ("import os, sys; from mlops_assets.serving.standby import take_back_
 
 def test_a_standby_imports_niced_and_serves_at_normal_priority(tmp_path):
     from mlops_assets.serving.controller import Controller
-    from mlops_assets.serving.standby import STANDBY_NICENESS, can_restore_priority
-    from mlops_assets.settings import get_settings
+    from mlops_assets.serving.standby import can_restore_priority
+    from mlops_assets.settings import SettingsError, get_settings
 
-    controller = Controller(get_settings({"MLOPS_HOME": str(tmp_path), "MLOPS_SERVING_STANDBY": "0"}), "churn",
-                            port=1, max_request_bytes=1024)
-    log_path = tmp_path / "standby.log"
+    for niceness, expected in (("", 10), ("7", 7), ("0", 0)):  # default, set, off
+        env = {"MLOPS_HOME": str(tmp_path), "MLOPS_SERVING_STANDBY": "0", "MLOPS_SERVING_STANDBY_NICENESS": niceness}
+        controller = Controller(get_settings(env), "churn", port=1, max_request_bytes=1024)
+        log_path = tmp_path / f"standby-{niceness}.log"
 
-    async def scenario():
-        process = await controller._start_process([sys.executable, "-c", PRIORITY, "--standby", "predictor"],
-                                                  log_path)
-        await StandbyPool.assign(standby_module.Standby("predictor", process, log_path), ["a", "b", "c", "d"],
-                                 log_path)
-        assert await process.wait() == 0
+        async def scenario():
+            process = await controller._start_process([sys.executable, "-c", PRIORITY, "--standby", "predictor"],
+                                                      log_path)
+            await StandbyPool.assign(standby_module.Standby("predictor", process, log_path), ["a", "b", "c", "d"],
+                                     log_path)
+            assert await process.wait() == 0
 
-    asyncio.run(scenario())
-    niced = STANDBY_NICENESS if can_restore_priority() else 0
-    assert log_path.read_text().split() == ["waiting", str(niced), "serving", "0"]
+        asyncio.run(scenario())
+        niced = expected if can_restore_priority() else 0
+        assert log_path.read_text().split() == ["waiting", str(niced), "serving", "0"], niceness
+    for bad in ("20", "-1", "high"):
+        with pytest.raises(SettingsError, match="MLOPS_SERVING_STANDBY_NICENESS"):
+            get_settings({"MLOPS_SERVING_STANDBY_NICENESS": bad})
