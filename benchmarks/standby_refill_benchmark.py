@@ -9,7 +9,7 @@ import ("during refill"), wait until they are idle, and send the same again ("st
 measured in the same run). One MLOPS_HOME (the serving tests' fixture data) for every case.
 
     .venv/bin/python benchmarks/standby_refill_benchmark.py [--cycles 2] [--seconds 8] [--nice 10,0]
-        -> benchmarks/results/standby_refill.json
+        -> benchmarks/results/standby_refill.json   (kept runs: standby_refill-run1.json, -run2.json)
 """
 
 from __future__ import annotations
