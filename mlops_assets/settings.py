@@ -18,8 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlops_assets.catalog import Catalog, ModelSpec
 
 from mlops_assets.env_values import (GITOPS_REQUIRED, K8S_REQUIRED, STACK_REQUIRED, SettingsError, read_env_file,
-                                     count as _count, niceness as _niceness, number as _number,
-                                     positive as _positive)
+                                     count as _count, niceness as _niceness, number as _number, positive as _positive)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("local", "stack", "k8s")
