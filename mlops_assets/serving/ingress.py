@@ -275,17 +275,17 @@ class IngressApp:
             raise ServingError(f"unknown admin call {action!r}", 404)
         if not isinstance(model, str) or not model:
             raise ServingError(f"admin {action} needs the model: {{\"model\": \"<name>\"}}", 400)
+        if action == "deploy":  # checked before anything starts for the model
+            mode, gate, percent = params.get("mode", "canary"), params.get("gate"), _percent(params.get("percent", 20))
+            if mode not in ("canary", "shadow"):
+                raise ServingError(f"mode must be 'canary' or 'shadow', got {mode!r}", 400)
+            if gate is not None and not isinstance(gate, dict):
+                raise ServingError("gate must be a JSON object (the A/B policy)", 400)
         controller = await fleet.open(model) if action in ("start", "deploy") else fleet.get(model)
         if action == "start":
             result = controller.state()
         elif action == "deploy":
-            mode = params.get("mode", "canary")
-            if mode not in ("canary", "shadow"):
-                raise ServingError(f"mode must be 'canary' or 'shadow', got {mode!r}", 400)
-            gate = params.get("gate")
-            if gate is not None and not isinstance(gate, dict):
-                raise ServingError("gate must be a JSON object (the A/B policy)", 400)
-            result = await controller.deploy(params.get("model_version"), _percent(params.get("percent", 20)),
+            result = await controller.deploy(params.get("model_version"), percent,
                                              as_canary=params.get("as", "canary") == "canary", mode=mode, gate=gate)
         elif action == "traffic":
             result = await controller.set_traffic(_percent(params.get("percent")))

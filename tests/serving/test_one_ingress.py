@@ -52,12 +52,16 @@ def test_paths_and_admin_calls_without_a_known_model_get_clear_errors(tmp_path):
         ("POST", "/admin/promote", {"model": "tumor"}),
         ("GET", "/admin/state?model=churn", None),
         ("POST", "/admin/reboot", {"model": "churn"}),
+        ("POST", "/admin/deploy", {"model": "tumor", "mode": "blue-green"}),
+        ("POST", "/admin/deploy", {"model": "tumor", "percent": 120}),
+        ("POST", "/admin/deploy", {"model": "tumor", "gate": "strict"}),
     ])
     codes = [answer.status_code for answer in answers]
-    assert codes == [404, 404, 200, 503, 200, 400, 404, 404, 404, 404], [a.text for a in answers]
+    assert codes == [404, 404, 200, 503, 200, 400, 404, 404, 404, 404, 400, 400, 400], [a.text for a in answers]
     assert all(answer.headers["content-type"] == "application/json" for answer in answers)
-    not_served, no_route, listed, not_ready, _, no_model, unknown, not_deployed, no_state, _ = (
+    not_served, no_route, listed, not_ready, _, no_model, unknown, not_deployed, no_state, _, mode, percent, gate = (
         answer.json() for answer in answers)
+    assert "mode" in mode["error"] and "percent" in percent["error"] and "gate" in gate["error"]
     assert "'tumor' is not served here" in not_served["error"]
     assert "/v1/models/<name>" in no_route["error"] and "/v2/models/<name>" in no_route["error"]
     assert listed == {"models": []} and not_ready["ready"] is False
