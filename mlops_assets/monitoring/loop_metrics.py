@@ -1,7 +1,7 @@
 """The loop gauges: drift and model-quality numbers in a Prometheus textfile.
 
 The drift and performance assets write ``settings.model_home / "metrics" / "loop.prom"``; the local
-ingress appends :func:`read_loop_gauges_text` to its ``/metrics``. Each writer updates only the
+ingress appends every model's (:func:`merged_loop_gauges_text`) to its ``/metrics``. Each writer updates only the
 gauges it passes and keeps the others, so the drift asset does not erase the accuracy.
 """
 
@@ -12,7 +12,7 @@ import math
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from mlops_assets.atomic import atomic_write_text
 from mlops_assets.settings import Settings
@@ -59,15 +59,12 @@ def read_loop_gauges_text(settings: Settings) -> str:
         return ""
 
 
-def merged_loop_gauges_text(paths) -> str:
+def merged_loop_gauges_text(models: Iterable[Settings]) -> str:
     """Several models' textfiles as one exposition (each metric's HELP and TYPE once): what the
     one local ingress appends to its ``/metrics`` for every model it serves."""
     samples: dict[tuple[str, str], float] = {}
-    for path in paths:
-        try:
-            samples.update(_parse_samples(Path(path).read_text()))
-        except OSError:
-            continue
+    for settings in models:
+        samples.update(_parse_samples(read_loop_gauges_text(settings)))
     return _render(samples)
 
 

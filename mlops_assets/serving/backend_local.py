@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from mlops_assets.atomic import file_lock
-from mlops_assets.serving.fleet import index_path, targets_path
+from mlops_assets.serving.fleet import index_path, read_json, targets_path
 from mlops_assets.serving.revision import state_pids
 from mlops_assets.serving.server import DEFAULT_MAX_REQUEST_BYTES
 from mlops_assets.settings import Settings, get_settings
@@ -105,7 +105,7 @@ class LocalServingBackend:
         index = self._read_index()
         states = [self._read_state()]
         if every_model and index:
-            states += [_read_json(Path(folder) / "state.json") for folder in index.get("models", {}).values()]
+            states += [read_json(Path(folder) / "state.json") for folder in index.get("models", {}).values()]
         if index is not None and _alive(index.get("pid")):
             try:
                 answer = httpx.post(f"{index['endpoint']}/admin/stop",
@@ -142,10 +142,10 @@ class LocalServingBackend:
         return response.json()
 
     def _read_state(self) -> dict | None:
-        return _read_json(self.state_path)
+        return read_json(self.state_path)
 
     def _read_index(self) -> dict | None:
-        return _read_json(index_path(self.settings))
+        return read_json(index_path(self.settings))
 
     def _admin_url(self) -> str:
         """The running ingress's address; started first if there is none (one launcher at a time)."""
@@ -158,7 +158,7 @@ class LocalServingBackend:
                 _kill(index["pid"])  # alive but deaf for a minute: replaced
             if index:  # a dead ingress's children die with it; clear any left over
                 for folder in index.get("models", {}).values():
-                    for pid in state_pids(_read_json(Path(folder) / "state.json") or {}):
+                    for pid in state_pids(read_json(Path(folder) / "state.json") or {}):
                         _kill(pid)
             port = _free_or_new_port(index["port"] if index else None)
             self._spawn_ingress(port)
@@ -185,14 +185,6 @@ class LocalServingBackend:
                 return
             time.sleep(0.1)
         raise ServingBackendError(f"ingress on port {port} did not start within {INGRESS_START_TIMEOUT_S:.0f} s")
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
 
 
 def _answers(url: str, patience: float = 0.0) -> bool:

@@ -6,8 +6,9 @@ The ingress's own index, ``MLOPS_HOME/serving/ingress.json`` (pid, port, the mod
 where their state is), tells a launcher where the ingress is; ``MLOPS_HOME/serving/prometheus_targets.json``
 lists the ingress once and every model's replicas, for Prometheus's file-based discovery.
 An ingress started after one that died (``kill -9``, a reboot) serves again, in the background, the
-stable revision of every model the dead one served. A model is known by the catalog (``MLOPS_MODELS_DIR``, read again for a name not seen yet, so a
-spec added after the ingress started can be served without restarting it).
+stable revision of every model the dead one served. A model is known by the catalog
+(``MLOPS_MODELS_DIR``, read again for a name not seen yet, so a spec added after the ingress started
+can be served without restarting it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mlops_assets.monitoring.loop_metrics import loop_metrics_path
 from mlops_assets.serving.controller import Controller, write_json_atomically
 from mlops_assets.serving.revision import scrape_targets
 from mlops_assets.serving.validation import ServingError
@@ -39,6 +39,15 @@ def index_path(settings: Settings) -> Path:
 
 def targets_path(settings: Settings) -> Path:
     return settings.ingress_dir / "prometheus_targets.json"
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path`` (an index or state file), or None if it is missing or unreadable."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def model_settings(base: Settings, name: str) -> Settings:
@@ -90,11 +99,8 @@ class Fleet:
 
     def crashed_index(self) -> dict | None:
         """The index of an ingress before this one that did not stop cleanly (killed, machine restarted)."""
-        try:
-            index = json.loads(index_path(self.base).read_text())
-        except (OSError, ValueError):
-            return None
-        return index if isinstance(index, dict) and index.get("running") and index.get("models") else None
+        index = read_json(index_path(self.base))
+        return index if index and index.get("running") and index.get("models") else None
 
     async def restore(self, crashed: dict) -> dict[str, str]:
         """Serve again the stable revision each model of a crashed ingress was serving (its state file
@@ -102,10 +108,10 @@ class Fleet:
         ``{model: version or the error}``."""
         restored = {}
         for name, folder in sorted(crashed.get("models", {}).items()):
+            state = read_json(Path(folder) / "state.json") or {}
             try:
-                state = json.loads((Path(folder) / "state.json").read_text())
                 version = str(state["revisions"]["stable"]["model_version"])
-            except (OSError, ValueError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 continue  # nothing was serving for it
             if not state.get("running"):
                 continue  # stopped on purpose while the ingress was down
@@ -133,9 +139,6 @@ class Fleet:
         for name in list(self.controllers):
             await self.close(name)
         self.write_index(running=False)
-
-    def loop_textfiles(self) -> list[Path]:
-        return [loop_metrics_path(controller.settings) for controller in self.controllers.values()]
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
         """Ready when a model is served and every served model's routed revision has a ready replica."""

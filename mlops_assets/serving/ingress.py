@@ -104,7 +104,7 @@ class IngressApp:
         if path.startswith("/admin/"):
             return await self._admin(scope, receive, send)
         if path == "/metrics":
-            body = exposition(self.fleet.loop_textfiles())
+            body = exposition(controller.settings for controller in self.fleet.controllers.values())
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/plain; version=0.0.4"),
                                     (b"content-length", str(len(body)).encode())]})

@@ -6,7 +6,6 @@ one /metrics endpoint exposes both. Label children are cached: a request costs a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -110,8 +109,8 @@ class ServerMetrics:
         self._child(MODEL_VERSION, revision, str(model_version)).set(1)
 
 
-def exposition(loop_textfiles: Iterable[Path] = ()) -> bytes:
-    """The registry in text format, followed by the loop gauges of the given textfiles (merged)."""
+def exposition(loop_models: Iterable = ()) -> bytes:
+    """The registry in text format, followed by the loop gauges of the given models' settings (merged)."""
     from mlops_assets.monitoring.loop_metrics import merged_loop_gauges_text
 
-    return generate_latest(REGISTRY) + merged_loop_gauges_text(loop_textfiles).encode()
+    return generate_latest(REGISTRY) + merged_loop_gauges_text(loop_models).encode()

@@ -83,29 +83,24 @@ def run_smoke_test(settings: Settings | None = None, *, revision: str = "canary"
     # a few requests first, not judged: a process's first answers pay one-off costs (lazy imports,
     # the first online-store read, connection set-up) that say nothing about how it serves
     warm_up = [{entity: ids[i % len(ids)]} for i in range(WARM_UP_REQUESTS)]
-    for name, served in ((revision, target), ("stable", baseline)):
-        if served is not None:
-            send_checked_requests(_predict_url(served, state), name, warm_up, str(served["model_version"]))
-    before = {name: scrape(served["transformer"]["url"]) for name, served in (("target", target), ("stable", baseline))
-              if served is not None}
-    answers, stable_answers = [], []
+    served = {revision: target, **({"stable": baseline} if baseline is not None else {})}
+    for name, one in served.items():
+        send_checked_requests(_predict_url(one, state), name, warm_up, str(one["model_version"]))
+    before = {name: scrape(one["transformer"]["url"]) for name, one in served.items()}
+    answers: dict[str, list[dict]] = {name: [] for name in served}
     for start in range(0, n_requests, 10):  # interleaved: both revisions see the same moments of load
         chunk = instances[start:start + 10]
-        answers.append(_send(_predict_url(target, state), revision, chunk, str(target["model_version"])))
-        if baseline is not None:
-            stable_answers.append(_send(_predict_url(baseline, state), "stable", chunk,
-                                        str(baseline["model_version"])))
-    after = {name: scrape(served["transformer"]["url"]) for name, served in (("target", target), ("stable", baseline))
-             if served is not None}
-    server_labels = {"revision": revision, "role": "transformer"}
-    requests, errors, p99 = _server_figures(before["target"], after["target"], server_labels)
-    result = {"revision": revision, "model_version": str(target["model_version"]), **_merge(answers),
+        for name, one in served.items():
+            answers[name].append(_send(_predict_url(one, state), name, chunk, str(one["model_version"])))
+    figures = {name: _server_figures(before[name], scrape(one["transformer"]["url"]),
+                                     {"revision": name, "role": "transformer"}) for name, one in served.items()}
+    requests, errors, p99 = figures[revision]
+    result = {"revision": revision, "model_version": str(target["model_version"]), **_merge(answers[revision]),
               "server_requests": int(requests), "server_error_rate": (errors / requests) if requests else None,
               "server_p99_latency_ms": p99}
     if baseline is not None:
-        result["stable_p99_latency_ms"] = _server_figures(before["stable"], after["stable"],
-                                                          {"revision": "stable", "role": "transformer"})[2]
-        result["stable_failed_requests"] = _merge(stable_answers)["failed_requests"]
+        result["stable_p99_latency_ms"] = figures["stable"][2]
+        result["stable_failed_requests"] = _merge(answers["stable"])["failed_requests"]
     stable_p99 = result.get("stable_p99_latency_ms")
     result["checks"] = {
         "all_answers_valid": not result["failed_requests"],
